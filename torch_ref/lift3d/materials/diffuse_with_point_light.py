@@ -1,0 +1,90 @@
+"""PyTorch reference of mindspore_impl/lift3d/materials/diffuse_with_point_light.py (threestudio
+"diffuse-with-point-light-material"; randomness drawn on the host by `draw_shading`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mindspore_impl.core.config import parse_structured
+from mindspore_impl.core.registry import register
+from torch_ref.lift3d.ops import activate, dot, normalize
+
+SHADING_MODES = ("albedo", "textureless", "diffuse")
+
+
+@dataclass
+class DiffuseWithPointLightMaterialConfig:
+    ambient_light_color: Tuple[float, float, float] = (0.1, 0.1, 0.1)
+    diffuse_light_color: Tuple[float, float, float] = (0.9, 0.9, 0.9)
+    ambient_only_steps: int = 1000
+    diffuse_prob: float = 0.75
+    textureless_prob: float = 0.5
+    albedo_activation: str = "sigmoid"
+    soft_shading: bool = False
+
+
+def draw_shading(rng: np.random.Generator, cfg: DiffuseWithPointLightMaterialConfig, ambient_only: bool,
+                 training: bool, ambient_ratio: Optional[float] = None) -> Dict[str, Any]:
+    """Host-side choice of {shading, ambient_color, diffuse_color} for one batch (threestudio's logic)."""
+    ambient = diffuse = None
+    if ambient_ratio is not None:
+        ambient = np.full(3, ambient_ratio, np.float32)
+        diffuse = np.full(3, 1.0 - ambient_ratio, np.float32)
+    elif training and cfg.soft_shading:
+        diffuse = np.full(3, rng.random(), np.float32)
+        ambient = (1.0 - diffuse).astype(np.float32)
+    if training:
+        if ambient_only or rng.random() > cfg.diffuse_prob:
+            shading = "albedo"
+        elif rng.random() < cfg.textureless_prob:
+            shading = "textureless"
+        else:
+            shading = "diffuse"
+    else:
+        shading = "albedo" if ambient_only else "diffuse"
+    return {"shading": shading, "ambient_color": ambient, "diffuse_color": diffuse}
+
+
+@register("torch_ref:diffuse-with-point-light-material")
+class DiffuseWithPointLightMaterial(nn.Module):
+    Config = DiffuseWithPointLightMaterialConfig
+    requires_normal = True
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__()
+        self.cfg = parse_structured(DiffuseWithPointLightMaterialConfig, cfg, "diffuse-with-point-light-material")
+        self.register_buffer("ambient_light_color", torch.as_tensor(self.cfg.ambient_light_color, dtype=torch.float32))
+        self.register_buffer("diffuse_light_color", torch.as_tensor(self.cfg.diffuse_light_color, dtype=torch.float32))
+        self.ambient_only = False
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        self.ambient_only = global_step < self.cfg.ambient_only_steps
+
+    def draw_shading(self, rng: np.random.Generator, training: bool = True,
+                     ambient_ratio: Optional[float] = None) -> Dict[str, Any]:
+        return draw_shading(rng, self.cfg, self.ambient_only, training, ambient_ratio)
+
+    def export(self, features):
+        return {"albedo": activate(features[..., :3], self.cfg.albedo_activation).clamp(0.0, 1.0)}
+
+    def forward(self, features, viewdirs, positions, light_positions, shading_normal=None,
+                shading="diffuse", ambient_color=None, diffuse_color=None) -> torch.Tensor:
+        albedo = activate(features[..., :3], self.cfg.albedo_activation)
+        if shading == "albedo":
+            return albedo
+        if shading not in SHADING_MODES:
+            raise ValueError(f"unknown shading mode '{shading}' (albedo | textureless | diffuse)")
+        if shading_normal is None:
+            raise ValueError("diffuse-with-point-light needs shading_normal for textureless/diffuse shading")
+        ambient = self.ambient_light_color if ambient_color is None else ambient_color
+        diffuse = self.diffuse_light_color if diffuse_color is None else diffuse_color
+        light_dirs = normalize(light_positions - positions)
+        diffuse_light = dot(shading_normal, light_dirs).clamp(min=0.0) * diffuse
+        textureless = diffuse_light + ambient
+        if shading == "textureless":
+            return textureless
+        return albedo.clamp(0.0, 1.0) * textureless
