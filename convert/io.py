@@ -62,7 +62,8 @@ def write_torch_checkpoint(state: dict[str, np.ndarray], path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp_{os.getpid()}_{os.path.basename(path)}")
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    # ascontiguousarray turns 0-d arrays (open_clip's logit_scale) into shape (1,): reshape back
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v).reshape(np.shape(v))) for k, v in state.items()}
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import save_file

@@ -43,7 +43,26 @@ UNET = Submodel(
     rules=_norm_rules(r"in_layers\.0|out_layers\.0|out\.0|norm|norm1|norm2|norm3"),
 )
 
-SUBMODELS: list[Submodel] = [UNET]
+# LDM AutoencoderKL: ResnetBlock norm1/norm2, AttnBlock norm, Encoder/Decoder norm_out (GroupNorm).
+VAE = Submodel(
+    name="vae",
+    prefix="first_stage_model.",
+    config_key="first_stage_config",
+    builder="torch_ref.mvdream.vae:build_from_config",
+    rules=_norm_rules(r"norm1|norm2|norm|norm_out"),
+)
+
+# open_clip text tower: ln_1/ln_2/ln_final (LayerNorm); nn.Embedding's table is embedding_table.
+TEXT_ENCODER = Submodel(
+    name="text_encoder",
+    prefix="cond_stage_model.model.",
+    config_key="cond_stage_config",
+    builder="torch_ref.mvdream.text_encoder:build_from_config",
+    rules=((r"token_embedding\.weight", r"token_embedding.embedding_table"),)
+    + _norm_rules(r"ln_1|ln_2|ln_final"),
+)
+
+SUBMODELS: list[Submodel] = [UNET, VAE, TEXT_ENCODER]
 
 # LatentDiffusion registers its noise schedule as buffers; they are recomputed from the config.
 SCHEDULE_BUFFERS = frozenset({

@@ -83,7 +83,7 @@ def save_params(state: Mapping[str, np.ndarray], path: str) -> None:
     try:
         if path.endswith(".safetensors"):
             from safetensors.numpy import save_file
-            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
+            save_file({k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in state.items()}, tmp)  # keep 0-d
         elif path.endswith(".ckpt"):
             ms.save_checkpoint([{"name": k, "data": ms.Tensor(np.asarray(v))} for k, v in state.items()], tmp)
         else:

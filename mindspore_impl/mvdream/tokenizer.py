@@ -1,0 +1,161 @@
+"""CLIP BPE tokenizer (OpenCLIP / SD 2.1) on the `tokenizers` library, from local files only.
+
+    tok = load_tokenizer("path/to/stable-diffusion-2-1-base/tokenizer")   # vocab.json + merges.txt
+    tok = load_tokenizer("bpe_simple_vocab_16e6.txt.gz")                    # open_clip's merges file
+    ids = tok(["a cat", "a dog"])   # np.int32 [2, 77]: <|startoftext|> ... <|endoftext|> 0 0 ...
+
+Text is cleaned as CLIP does (HTML unescape, whitespace collapsed, lower case, NFC), split by
+CLIP's regex, byte-level mapped and BPE-merged with the "</w>" end-of-word suffix. Sequences
+longer than the context are cut and end with <|endoftext|> at the last position (open_clip
+`tokenize`); shorter ones are padded with id 0 (open_clip; SD 2.1's HF tokenizer pads with "!" = 0).
+"""
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import os
+import re
+from typing import Iterable, Union
+
+import numpy as np
+
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+HF_FILES = ("vocab.json", "merges.txt")
+OPENCLIP_FILE = "bpe_simple_vocab_16e6.txt.gz"
+NUM_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges (vocab 49408 with bytes and specials)
+SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+WHERE_TO_GET = ("Get vocab.json and merges.txt from the 'tokenizer' folder of "
+                "https://huggingface.co/stabilityai/stable-diffusion-2-1-base, or open_clip's "
+                f"{OPENCLIP_FILE} (github.com/mlfoundations/open_clip, src/open_clip/), and pass the local path.")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2 byte -> printable unicode character map (printable bytes map to themselves)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def clean_text(text: str) -> str:
+    """open_clip basic_clean + whitespace_clean + lower (ftfy.fix_text when installed)."""
+    try:
+        import ftfy
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _parse_merges(lines: list[str], source: str) -> list[tuple[str, str]]:
+    """Line 0 is a header in both formats ('#version: 0.2' / '"bpe_simple_vocab_16e6.txt#version')."""
+    merges = []
+    for i, line in enumerate(lines[1:NUM_MERGES + 1]):
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{source}: line {i + 2} is not a BPE merge 'a b': {line!r}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _vocab_from_merges(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """open_clip's vocabulary: 256 bytes, the same with '</w>', one token per merge, then specials."""
+    tokens = list(bytes_to_unicode().values())
+    tokens += [t + "</w>" for t in tokens]
+    tokens += ["".join(m) for m in merges]
+    tokens += [SOT, EOT]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def _read_lines(path: str) -> list[str]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return f.read().strip().split("\n")
+
+
+def _resolve_files(path: str) -> tuple[str, ...]:
+    """-> (vocab.json, merges.txt) or (bpe .gz,); FileNotFoundError names what is missing."""
+    if os.path.isfile(path):
+        if path.endswith(".gz") or path.endswith(".txt"):
+            return (path,)
+        raise FileNotFoundError(f"tokenizer path {path} is a file but not a BPE merges file "
+                                f"({OPENCLIP_FILE}); pass the folder holding {' and '.join(HF_FILES)}. "
+                                + WHERE_TO_GET)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer path not found: {path}. {WHERE_TO_GET}")
+    hf = [os.path.join(path, f) for f in HF_FILES]
+    if all(os.path.isfile(f) for f in hf):
+        return tuple(hf)
+    gz = os.path.join(path, OPENCLIP_FILE)
+    if os.path.isfile(gz):
+        return (gz,)
+    missing = [f for f, p in zip(HF_FILES, hf) if not os.path.isfile(p)]
+    raise FileNotFoundError(f"tokenizer files missing in {path}: {', '.join(missing)} "
+                            f"(and no {OPENCLIP_FILE}). {WHERE_TO_GET}")
+
+
+class CLIPTokenizer:
+    """Callable: str or list of str -> np.int32 [B, context_length]."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], context_length: int = 77):
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+        from tokenizers.models import BPE
+        for special in (SOT, EOT):
+            if special not in vocab:
+                raise ValueError(f"the vocabulary has no {special} token; is it a CLIP vocabulary?")
+        self.sot_id, self.eot_id = vocab[SOT], vocab[EOT]
+        self.pad_id = 0
+        self.context_length = context_length
+        tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                            end_of_word_suffix="</w>", fuse_unk=False, unk_token=EOT))
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(SOT, special=True), AddedToken(EOT, special=True)])
+        self._tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of one text, without start/end tokens and without truncation."""
+        return self._tok.encode(clean_text(text), add_special_tokens=False).ids
+
+    def __call__(self, texts: Union[str, Iterable[str]]) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        out = np.full((len(texts), self.context_length), self.pad_id, dtype=np.int32)
+        for i, text in enumerate(texts):
+            ids = [self.sot_id] + self.encode(text) + [self.eot_id]
+            if len(ids) > self.context_length:
+                ids = ids[:self.context_length]
+                ids[-1] = self.eot_id
+            out[i, :len(ids)] = ids
+        return out
+
+    def decode(self, ids) -> str:
+        keep = [int(i) for i in ids if int(i) not in (self.sot_id, self.eot_id, self.pad_id)]
+        return self._tok.decode(keep).replace("</w>", " ").strip()
+
+
+def load_tokenizer(path: str, context_length: int = 77) -> CLIPTokenizer:
+    """From a folder with vocab.json + merges.txt (HF layout), or open_clip's bpe .gz file
+    (a file path, or a folder holding it)."""
+    files = _resolve_files(path)
+    if len(files) == 2:
+        with open(files[0], encoding="utf-8") as f:
+            vocab = json.load(f)
+        merges = _parse_merges(_read_lines(files[1]), files[1])
+    else:
+        merges = _parse_merges(_read_lines(files[0]), files[0])
+        vocab = _vocab_from_merges(merges)
+    return CLIPTokenizer(vocab, merges, context_length)
