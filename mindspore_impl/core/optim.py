@@ -1,0 +1,117 @@
+"""Adam / AdamW with torch.optim semantics, as a MindSpore Cell that also compiles inside `ms.jit`.
+
+Why not a MindSpore optimizer: `nn.AdamWeightDecay` has no bias correction (its first steps differ
+from torch's by orders of magnitude with eps 1e-15), and `mindspore.experimental.optim.AdamW` fails to
+compile inside a jitted train step (MindSpore 2.7.2). This one follows torch's single-tensor update:
+
+    p *= 1 - lr * wd                          (AdamW only; Adam adds wd * p to the gradient instead)
+    m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+State (all Parameters, so checkpoints hold it): `exp_avg.<param name>`, `exp_avg_sq.<param name>`,
+`optimizer_step`. Parameter groups carry their own lr and weight_decay, as in torch.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+_DEFAULTS = {
+    "AdamW": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+    "Adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+}
+
+
+class TorchAdam(nn.Cell):
+    """Adam (decoupled=False) or AdamW (decoupled=True) over parameter groups.
+
+    groups: [{"params": [Parameter, ...], "lr": float, "weight_decay": float, "name": str}, ...]
+    Call with the gradients in the order of `self.parameters` (as `ms.value_and_grad` returns them).
+    """
+
+    def __init__(self, groups: Sequence[dict], betas=(0.9, 0.999), eps: float = 1e-8, decoupled: bool = True):
+        super().__init__(auto_prefix=False)
+        params, lrs, wds = [], [], []
+        for g in groups:
+            for p in g["params"]:
+                params.append(p)
+                lrs.append(float(g["lr"]))
+                wds.append(float(g.get("weight_decay", 0.0)))
+        names = [p.name for p in params]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"optimizer parameter names must be unique; repeated: {dup}")
+        self.param_groups = [dict(g) for g in groups]
+        self.parameters = ms.ParameterTuple(params)
+        self.exp_avg = self.parameters.clone(prefix="exp_avg", init="zeros")
+        self.exp_avg_sq = self.parameters.clone(prefix="exp_avg_sq", init="zeros")
+        self.optimizer_step = ms.Parameter(ms.Tensor(0, ms.int32), name="optimizer_step", requires_grad=False)
+        self.lrs = tuple(lrs)
+        self.wds = tuple(wds)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.decoupled = decoupled
+
+    def construct(self, grads):
+        step = self.optimizer_step + 1
+        ops.assign(self.optimizer_step, step)
+        t = ops.cast(step, ms.float32)
+        bias1 = 1.0 - ops.pow(ms.Tensor(self.beta1, ms.float32), t)
+        bias2_sqrt = ops.sqrt(1.0 - ops.pow(ms.Tensor(self.beta2, ms.float32), t))
+        for i in range(len(self.lrs)):
+            p, m, v = self.parameters[i], self.exp_avg[i], self.exp_avg_sq[i]
+            g = ops.cast(grads[i], p.dtype)
+            lr, wd = self.lrs[i], self.wds[i]
+            p_new = p
+            if wd != 0.0:
+                if self.decoupled:
+                    p_new = p * (1.0 - lr * wd)
+                else:
+                    g = g + wd * p
+            m_new = m * self.beta1 + g * (1.0 - self.beta1)
+            v_new = v * self.beta2 + g * g * (1.0 - self.beta2)
+            denom = ops.sqrt(v_new) / bias2_sqrt + self.eps
+            ops.assign(m, m_new)
+            ops.assign(v, v_new)
+            ops.assign(p, p_new - (lr / bias1) * (m_new / denom))
+        return step
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Optimizer state as name -> array (moments and step count; not the parameters themselves)."""
+        out = {p.name: p.asnumpy() for p in list(self.exp_avg) + list(self.exp_avg_sq)}
+        out[self.optimizer_step.name] = self.optimizer_step.asnumpy()
+        return out
+
+    def state_parameters(self) -> dict[str, ms.Parameter]:
+        out = {p.name: p for p in list(self.exp_avg) + list(self.exp_avg_sq)}
+        out[self.optimizer_step.name] = self.optimizer_step
+        return out
+
+
+def build_optimizer(name: str, groups: list[dict], args: dict[str, Any]) -> TorchAdam:
+    """torch.optim-style construction: `args` are the optimizer's keyword defaults, groups may override lr/wd."""
+    if name not in _DEFAULTS:
+        raise ValueError(f"unsupported optimizer '{name}': choose one of {sorted(_DEFAULTS)}")
+    unknown = sorted(set(args) - set(_DEFAULTS[name]))
+    if unknown:
+        raise ValueError(f"unsupported {name} args {unknown}; allowed: {sorted(_DEFAULTS[name])}")
+    opts = {**_DEFAULTS[name], **args}
+    full = []
+    for g in groups:
+        bad = sorted(set(g) - {"params", "lr", "weight_decay", "name"})
+        if bad:
+            raise ValueError(f"unsupported keys {bad} in optimizer parameter group '{g.get('name', '?')}'")
+        full.append({"lr": opts["lr"], "weight_decay": opts["weight_decay"], **g})
+    return TorchAdam(full, betas=tuple(opts["betas"]), eps=opts["eps"], decoupled=(name == "AdamW"))
+
+
+def unique_params(params: Iterable[ms.Parameter]) -> list[ms.Parameter]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out

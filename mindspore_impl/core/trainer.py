@@ -1,0 +1,188 @@
+"""The training loop: steps, validation images, checkpoints, metric logs, test video, export.
+
+What the trainer needs from its two collaborators (nothing else):
+
+system (lift3d/systems/base.py BaseSystem): configure_optimizers(), set_step(step),
+    on_train_batch_start(step), training_step(batch, step) -> {"loss": float, ...},
+    validation_step(batch, i) / test_step(batch, i) -> {name: (H, W, C) image},
+    export(out_dir) -> [paths], state_dict() -> (arrays, meta), load_state_dict(arrays, meta).
+datamodule (lift3d/data): sample(step) -> training batch, val_batch(i), test_batch(i), n_val, n_test,
+    and optionally get_state() / set_state(state) (JSON-able) for its random stream.
+
+Step counting follows Lightning/threestudio: `global_step` is the number of finished optimizer steps.
+Step s trains with global_step = s; afterwards global_step = s + 1 and, when it is a multiple of the
+interval, validation runs (images `it{global_step}-{i}.png`) and then a checkpoint `step{global_step}` is
+written (after validation, so a resumed run continues from exactly the state the uninterrupted run had).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from mindspore_impl.core.config import parse_structured
+from mindspore_impl.core.train_state import (capture_global_rng, copy_training_state, load_training_state,
+                                             prune_step_checkpoints, restore_global_rng, save_training_state,
+                                             step_name)
+from mindspore_impl.core.trial import Trial
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 10000
+    val_check_interval: int = 200        # validate every N steps (0: never during training)
+    log_every_n_steps: int = 1           # rows in metrics.csv / metrics.jsonl
+    num_sanity_val_steps: int = 0        # validation views rendered (not saved) before the first step
+    enable_progress_bar: bool = True
+    # kept so threestudio configs parse; mixed precision is a system setting here (system.amp_level)
+    precision: Any = 32
+    test_video_fps: int = 30
+    test_video_formats: list = field(default_factory=lambda: ["mp4", "gif"])
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_train_steps: Optional[int] = None  # None or 0: only the final (last) checkpoint
+    save_last: bool = True                     # last.ckpt/.json at every save and at the end of training
+    save_top_k: int = -1                       # keep the newest k stepNNNNNN checkpoints (-1: all)
+
+
+def _metric_value(v: Any) -> float:
+    if hasattr(v, "asnumpy"):
+        v = v.asnumpy()
+    return float(np.asarray(v).reshape(()))
+
+
+class Trainer:
+    def __init__(self, system, datamodule, trial: Trial, cfg: Any = None, checkpoint: Any = None,
+                 log=print) -> None:
+        self.system = system
+        self.dm = datamodule
+        self.trial = trial
+        self.cfg = parse_structured(TrainerConfig, cfg, "trainer")
+        self.ckpt_cfg = parse_structured(CheckpointConfig, checkpoint, "checkpoint")
+        self.global_step = 0
+        self.log = log
+        self.last_checkpoint: Optional[str] = None
+
+    # ----- state
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self.system.set_step(self.global_step)
+        arrays, system_meta = self.system.state_dict()
+        meta = {"global_step": self.global_step, "system": system_meta, "global_rng": capture_global_rng()}
+        if hasattr(self.dm, "get_state"):
+            meta["data"] = self.dm.get_state()
+        return arrays, meta
+
+    def save_checkpoint(self, name: Optional[str] = None) -> str:
+        arrays, meta = self.state()
+        name = name or step_name(self.global_step)
+        path = save_training_state(self.trial.ckpt_dir, name, arrays, meta)
+        if name != "last":
+            prune_step_checkpoints(self.trial.ckpt_dir, self.ckpt_cfg.save_top_k)
+            if self.ckpt_cfg.save_last:
+                copy_training_state(path, "last")
+        self.last_checkpoint = path
+        return path
+
+    def restore(self, path: str) -> int:
+        """Load a checkpoint written by save_checkpoint: parameters, optimizer, step, grids, RNG states."""
+        arrays, meta = load_training_state(path)
+        self.system.load_state_dict(arrays, meta["system"])
+        if "data" in meta and hasattr(self.dm, "set_state"):
+            self.dm.set_state(meta["data"])
+        restore_global_rng(meta["global_rng"])
+        self.global_step = int(meta["global_step"])
+        self.system.set_step(self.global_step)
+        self.log(f"resumed from {path} at step {self.global_step}")
+        return self.global_step
+
+    # ----- loops
+
+    def fit(self, resume: Optional[str] = None) -> int:
+        """Train until max_steps; returns the final global step."""
+        if self.system.optimizer is None:
+            self.system.configure_optimizers()
+        if resume:
+            self.restore(resume)
+        cfg = self.cfg
+        if cfg.num_sanity_val_steps and self.global_step == 0:
+            for i in range(min(cfg.num_sanity_val_steps, self.dm.n_val)):
+                self.system.validation_step(self.dm.val_batch(i), i)
+        bar = self._progress_bar()
+        last_t = time.perf_counter()
+        every = self.ckpt_cfg.every_n_train_steps
+        saved_at = None
+        try:
+            while self.global_step < cfg.max_steps:
+                step = self.global_step
+                self.system.set_step(step)
+                self.system.on_train_batch_start(step)
+                batch = self.dm.sample(step)
+                metrics = {k: _metric_value(v) for k, v in self.system.training_step(batch, step).items()}
+                if "loss" not in metrics:
+                    raise KeyError(f"{type(self.system).__name__}.training_step must return a 'loss' metric")
+                self.global_step = step + 1
+                self.system.set_step(self.global_step)
+                now = time.perf_counter()
+                metrics["steps_per_s"] = 1.0 / max(now - last_t, 1e-9)
+                last_t = now
+                if cfg.log_every_n_steps and self.global_step % cfg.log_every_n_steps == 0:
+                    self.trial.metrics.log(self.global_step, metrics)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
+                    bar.update(1)
+                if not math.isfinite(metrics["loss"]):
+                    self.log(f"warning: loss is {metrics['loss']} at step {step}")
+                if cfg.val_check_interval and self.global_step % cfg.val_check_interval == 0:
+                    self.validate()
+                if every and self.global_step % every == 0:
+                    self.save_checkpoint()
+                    saved_at = self.global_step
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.ckpt_cfg.save_last and saved_at != self.global_step:
+            self.save_checkpoint("last")
+        return self.global_step
+
+    def _progress_bar(self):
+        if not self.cfg.enable_progress_bar:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.cfg.max_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
+                    file=sys.stderr, desc="train")
+
+    def validate(self) -> list[str]:
+        """Render the validation views; writes save/it{step}-{i}.png (images side by side)."""
+        from mindspore_impl.lift3d.export.video import save_image, strip
+        self.system.set_step(self.global_step)
+        paths = []
+        for i in range(self.dm.n_val):
+            images = self.system.validation_step(self.dm.val_batch(i), i)
+            paths.append(save_image(self.trial.save_path(f"it{self.global_step}-{i}.png"), strip(images)))
+        return paths
+
+    def test(self) -> list[str]:
+        """Render the test orbit: frames save/it{step}-test/{i:04d}.png and videos save/it{step}-test.mp4/.gif."""
+        from mindspore_impl.lift3d.export.video import save_image, save_video, strip
+        self.system.set_step(self.global_step)
+        stem = self.trial.save_path(f"it{self.global_step}-test")
+        frames = []
+        for i in range(self.dm.n_test):
+            frame = strip(self.system.test_step(self.dm.test_batch(i), i))
+            save_image(os.path.join(stem, f"{i:04d}.png"), frame)
+            frames.append(frame)
+        return save_video(frames, stem, fps=self.cfg.test_video_fps, formats=tuple(self.cfg.test_video_formats))
+
+    def export(self) -> list[str]:
+        """The system's exports under save/it{step}-export/."""
+        self.system.set_step(self.global_step)
+        out_dir = self.trial.save_path(f"it{self.global_step}-export/")
+        return list(self.system.export(out_dir))

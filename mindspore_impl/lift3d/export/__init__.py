@@ -1,0 +1,1 @@
+"""Exports: images/strips/videos (video.py) and meshes (mesh.py)."""
