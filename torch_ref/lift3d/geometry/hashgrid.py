@@ -1,0 +1,153 @@
+"""Multiresolution hash-grid encoding with tinycudann "HashGrid" semantics, in plain PyTorch.
+
+Twin of mindspore_impl/lift3d/geometry/hashgrid.py (same layout, index math and parameter names);
+stands in for tcnn.Encoding, which needs CUDA.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mindspore_impl.core.config import parse_structured
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+UINT32_MASK = 0xFFFFFFFF
+INIT_RANGE = 1e-4
+
+
+@dataclass
+class HashGridConfig:
+    otype: str = "HashGrid"
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.447269237440378
+    seed: int = 1337
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    scale: float
+    resolution: int
+    offset: int
+    size: int
+    dense: bool
+
+
+def parse_hashgrid_config(cfg) -> HashGridConfig:
+    parsed = parse_structured(HashGridConfig, cfg, where="pos_encoding_config")
+    if parsed.otype not in ("HashGrid", "Grid"):
+        raise ValueError(f"pos_encoding_config.otype must be 'HashGrid', got '{parsed.otype}'")
+    return parsed
+
+
+def level_scale(level: int, per_level_scale: float, base_resolution: int) -> float:
+    f32 = np.float32
+    return float(np.exp2(f32(level) * np.log2(f32(per_level_scale))) * f32(base_resolution) - f32(1.0))
+
+
+def level_layouts(cfg: HashGridConfig, n_dims: int = 3) -> List[LevelLayout]:
+    layouts, offset = [], 0
+    for level in range(cfg.n_levels):
+        scale = level_scale(level, cfg.per_level_scale, cfg.base_resolution)
+        resolution = int(math.ceil(scale)) + 1
+        dense_params = resolution ** n_dims
+        params = -(-min(dense_params, UINT32_MASK // 2) // 8) * 8
+        size = min(params, 1 << cfg.log2_hashmap_size)
+        layouts.append(LevelLayout(scale, resolution, offset, size, dense_params <= size))
+        offset += size
+    return layouts
+
+
+def init_hashgrid_params(n_params: int, seed: int) -> np.ndarray:
+    rng = np.random.RandomState(seed)
+    return rng.uniform(-INIT_RANGE, INIT_RANGE, size=(n_params,)).astype(np.float32)
+
+
+class HashGrid(nn.Module):
+    """(N, 3) in [0, 1]^3 -> (N, n_levels * n_features_per_level); stands where tcnn.Encoding stood."""
+
+    def __init__(self, n_input_dims: int, config, params: Optional[np.ndarray] = None):
+        super().__init__()
+        if n_input_dims != 3:
+            raise ValueError(f"HashGrid supports 3 input dims, got {n_input_dims}")
+        self.cfg = parse_hashgrid_config(config)
+        self.layouts = level_layouts(self.cfg, n_input_dims)
+        self.n_input_dims = n_input_dims
+        self.n_levels = self.cfg.n_levels
+        self.n_features = self.cfg.n_features_per_level
+        self.n_output_dims = self.n_levels * self.n_features
+        self.n_rows = self.layouts[-1].offset + self.layouts[-1].size
+        if params is None:
+            params = init_hashgrid_params(self.n_rows * self.n_features, self.cfg.seed)
+        self.params = nn.Parameter(torch.from_numpy(np.asarray(params, np.float32)))
+
+        lay = self.layouts
+        col = lambda v, dt: torch.tensor(v, dtype=dt).view(1, -1, 1)
+        self.register_buffer("scales", col([l.scale for l in lay], torch.float32), persistent=False)
+        self.register_buffer("res", col([l.resolution for l in lay], torch.int64), persistent=False)
+        self.register_buffer("res2", col([l.resolution ** 2 for l in lay], torch.int64), persistent=False)
+        self.register_buffer("sizes", col([l.size for l in lay], torch.int64), persistent=False)
+        self.register_buffer("offsets", col([l.offset for l in lay], torch.int64), persistent=False)
+        self.register_buffer("dense", col([l.dense for l in lay], torch.bool), persistent=False)
+        ids = torch.arange(2 ** n_input_dims)
+        bits = (ids[:, None] >> torch.arange(n_input_dims)[None, :]) & 1
+        self.register_buffer("corner_int", bits.view(1, 1, -1, n_input_dims), persistent=False)
+
+    def level_indices(self, corners: torch.Tensor) -> torch.Tensor:
+        """(N, L, 8, 3) int64 corners -> (N, L, 8) table rows (grid.h grid_index, uint32 via masking)."""
+        x, y, z = corners.unbind(-1)
+        dense_idx = (x + y * self.res + z * self.res2) & UINT32_MASK
+        hashed = ((x * HASH_PRIMES[0]) & UINT32_MASK) ^ ((y * HASH_PRIMES[1]) & UINT32_MASK)
+        hashed = hashed ^ ((z * HASH_PRIMES[2]) & UINT32_MASK)
+        idx = torch.where(self.dense, dense_idx, hashed)
+        return torch.remainder(idx, self.sizes) + self.offsets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = x[:, None, :] * self.scales + 0.5                 # (N, L, 3)
+        pos_floor = torch.floor(pos).detach()
+        frac = (pos - pos_floor)[:, :, None, :]                  # (N, L, 1, 3)
+        corners = pos_floor.long()[:, :, None, :] + self.corner_int
+        rows = self.level_indices(corners)                       # (N, L, 8)
+        cf = self.corner_int.to(x.dtype)
+        w = cf * frac + (1.0 - cf) * (1.0 - frac)
+        weight = w[..., 0] * w[..., 1] * w[..., 2]
+        feats = self.params.view(-1, self.n_features)[rows]      # (N, L, 8, F)
+        out = (feats * weight[..., None]).sum(2)
+        return out.reshape(x.shape[0], self.n_output_dims)
+
+
+class HashGridEncoding(nn.Module):
+    """threestudio TCNNEncoding stand-in (the grid is `.encoding`)."""
+
+    def __init__(self, n_input_dims: int, config):
+        super().__init__()
+        self.n_input_dims = n_input_dims
+        self.encoding = HashGrid(n_input_dims, config)
+        self.n_output_dims = self.encoding.n_output_dims
+
+    def forward(self, x):
+        return self.encoding(x)
+
+
+class CompositeEncoding(nn.Module):
+    """threestudio CompositeEncoding with include_xyz=False."""
+
+    def __init__(self, encoding: nn.Module):
+        super().__init__()
+        self.encoding = encoding
+        self.n_input_dims = encoding.n_input_dims
+        self.n_output_dims = encoding.n_output_dims
+
+    def forward(self, x):
+        return self.encoding(x)
+
+
+def get_encoding(n_input_dims: int, config) -> CompositeEncoding:
+    return CompositeEncoding(HashGridEncoding(n_input_dims, config))
