@@ -41,27 +41,72 @@ def sh_encode(x01: ms.Tensor, degree: int = 3) -> ms.Tensor:
     return ops.concat(out, axis=-1)
 
 
+TRUNC_EXP_MAX = 15.0  # threestudio trunc_exp: backward uses exp(clamp(x, max=15))
+ACTIVATIONS = ("none", "sigmoid", "tanh", "relu", "softplus", "shifted_softplus", "exp", "trunc_exp")
+
+
+def check_activation(name) -> str:
+    """Lower-cased activation key; raises for names threestudio's get_activation would not know."""
+    key = "none" if name is None else str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
+    return key
+
+
+SOFTPLUS_THRESHOLD = 20.0  # torch F.softplus default: returns x above it
+
+
+def softplus(x):
+    """torch F.softplus (beta 1, threshold 20) to float32 accuracy.
+
+    The MindSpore CPU softplus / log1p kernels compute log(1 + e), which is 0 for e < 6e-8
+    (x < -16.6) and loses relative precision well before that; empty space then has exactly zero
+    density and finite-difference normals there turn into noise. Kahan's log1p(e) =
+    log(u) * e / (u - 1), u = 1 + e, is exact to a few ulps and differentiable (safe denominator).
+    """
+    above = x > SOFTPLUS_THRESHOLD
+    e = ops.exp(ops.where(above, ops.full_like(x, SOFTPLUS_THRESHOLD), x))
+    u = 1.0 + e
+    tiny = u == 1.0
+    den = ops.where(tiny, ops.ones_like(u), u - 1.0)
+    log1p_e = ops.where(tiny, e, ops.log(u) * (e / den))
+    return ops.where(above, x, log1p_e)
+
+
+def trunc_exp(x):
+    """exp(x) whose gradient is exp(min(x, 15)), as threestudio's autograd.Function.
+
+    Written with stop_gradient instead of a custom bprop so it compiles in GRAPH mode and stays
+    twice differentiable (analytic normals): `m` equals min(x, 15) but has dm/dx = 1 everywhere.
+    """
+    m = x - ops.stop_gradient(ops.relu(x - TRUNC_EXP_MAX))
+    em = ops.exp(m)
+    return em + ops.stop_gradient(ops.exp(x) - em)
+
+
 def activate(x: ms.Tensor, name) -> ms.Tensor:
-    """threestudio `get_activation(name)(x)` for the names the MVDream configs use.
+    """threestudio `get_activation(name)(x)`.
 
     Takes the name (a compile-time constant) rather than returning a lambda, so GRAPH mode compiles it.
     """
-    if name is None or name.lower() == "none":
-        return x
-    name = name.lower()
-    if name == "sigmoid":
+    key = "none" if name is None else name.lower()
+    if key == "sigmoid":
         return ops.sigmoid(x)
-    if name == "tanh":
+    if key == "tanh":
         return ops.tanh(x)
-    if name == "relu":
+    if key == "relu":
         return ops.relu(x)
-    if name == "softplus":
-        return ops.softplus(x)
-    if name == "exp":
+    if key == "softplus":
+        return softplus(x)
+    if key == "shifted_softplus":
+        return softplus(x - 1.0)
+    if key == "exp":
         return ops.exp(x)
-    if name == "shifted_softplus":
-        return ops.softplus(x - 1.0)
-    raise ValueError(f"unknown activation '{name}'; known: sigmoid, tanh, relu, softplus, exp, shifted_softplus, none")
+    if key == "trunc_exp":
+        return trunc_exp(x)
+    if key == "none":
+        return x
+    raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
 
 
 def normalize(x: ms.Tensor, eps: float = 1e-12) -> ms.Tensor:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import Function
 
 # Real SH basis, tinycudann `sh_enc` (include/tiny-cuda-nn/common_device.h) bands 0..2.
 _C0 = 0.28209479177387814
@@ -33,24 +34,54 @@ def sh_encode(x01: torch.Tensor, degree: int = 3) -> torch.Tensor:
     return torch.cat(out, dim=-1)
 
 
-def activate(x: torch.Tensor, name) -> torch.Tensor:
-    """threestudio `get_activation(name)(x)` for the names the MVDream configs use."""
-    if name is None or name.lower() == "none":
-        return x
-    name = name.lower()
-    if name == "sigmoid":
-        return torch.sigmoid(x)
-    if name == "tanh":
-        return torch.tanh(x)
-    if name == "relu":
-        return F.relu(x)
-    if name == "softplus":
-        return F.softplus(x)
-    if name == "exp":
+TRUNC_EXP_MAX = 15.0
+ACTIVATIONS = ("none", "sigmoid", "tanh", "relu", "softplus", "shifted_softplus", "exp", "trunc_exp")
+
+
+def check_activation(name) -> str:
+    key = "none" if name is None else str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
+    return key
+
+
+class _TruncExp(Function):
+    """threestudio trunc_exp: exp forward, exp(clamp(x, max=15)) backward (twice differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
         return torch.exp(x)
-    if name == "shifted_softplus":
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=TRUNC_EXP_MAX))
+
+
+trunc_exp = _TruncExp.apply
+
+
+def activate(x: torch.Tensor, name) -> torch.Tensor:
+    """threestudio `get_activation(name)(x)`."""
+    key = "none" if name is None else name.lower()
+    if key == "sigmoid":
+        return torch.sigmoid(x)
+    if key == "tanh":
+        return torch.tanh(x)
+    if key == "relu":
+        return F.relu(x)
+    if key == "softplus":
+        return F.softplus(x)
+    if key == "shifted_softplus":
         return F.softplus(x - 1.0)
-    raise ValueError(f"unknown activation '{name}'; known: sigmoid, tanh, relu, softplus, exp, shifted_softplus, none")
+    if key == "exp":
+        return torch.exp(x)
+    if key == "trunc_exp":
+        return trunc_exp(x)
+    if key == "none":
+        return x
+    raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
 
 
 def normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

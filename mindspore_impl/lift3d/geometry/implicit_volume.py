@@ -16,7 +16,8 @@ from mindspore import nn, ops
 from mindspore_impl.core.config import parse_structured
 from mindspore_impl.core.registry import register
 from mindspore_impl.lift3d.geometry.hashgrid import get_encoding
-from mindspore_impl.lift3d.geometry.mlp import activate, check_activation, get_mlp
+from mindspore_impl.lift3d.geometry.mlp import get_mlp
+from mindspore_impl.lift3d.ops import activate, check_activation
 
 NORMAL_TYPES = (None, "finite_difference", "finite_difference_laplacian", "analytic")
 DENSITY_BIASES = ("blob_magic3d", "blob_dreamfusion")

@@ -8,12 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from mindspore import nn, ops
+from mindspore import nn
 
 from mindspore_impl.core.config import parse_structured
-
-TRUNC_EXP_MAX = 15.0  # threestudio trunc_exp: backward uses exp(clamp(x, max=15))
-ACTIVATIONS = ("none", "relu", "softplus", "exp", "trunc_exp", "sigmoid")
+from mindspore_impl.lift3d.ops import activate, check_activation
 
 
 @dataclass
@@ -33,59 +31,6 @@ def parse_mlp_config(cfg) -> MLPConfig:
         raise ValueError(f"VanillaMLP uses ReLU, got activation '{parsed.activation}'")
     check_activation(parsed.output_activation)
     return parsed
-
-
-def check_activation(name) -> str:
-    key = "none" if name is None else str(name).lower()
-    if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
-    return key
-
-
-SOFTPLUS_THRESHOLD = 20.0  # torch F.softplus default: returns x above it
-
-
-def softplus(x):
-    """torch F.softplus (beta 1, threshold 20) to float32 accuracy.
-
-    The MindSpore CPU softplus / log1p kernels compute log(1 + e), which is 0 for e < 6e-8
-    (x < -16.6) and loses relative precision well before that; empty space then has exactly zero
-    density and finite-difference normals there turn into noise. Kahan's log1p(e) =
-    log(u) * e / (u - 1), u = 1 + e, is exact to a few ulps and differentiable (safe denominator).
-    """
-    above = x > SOFTPLUS_THRESHOLD
-    e = ops.exp(ops.where(above, ops.full_like(x, SOFTPLUS_THRESHOLD), x))
-    u = 1.0 + e
-    tiny = u == 1.0
-    den = ops.where(tiny, ops.ones_like(u), u - 1.0)
-    log1p_e = ops.where(tiny, e, ops.log(u) * (e / den))
-    return ops.where(above, x, log1p_e)
-
-
-def trunc_exp(x):
-    """exp(x) whose gradient is exp(min(x, 15)), as threestudio's autograd.Function.
-
-    Written with stop_gradient instead of a custom bprop so it compiles in GRAPH mode and stays
-    twice differentiable (analytic normals): `m` equals min(x, 15) but has dm/dx = 1 everywhere.
-    """
-    m = x - ops.stop_gradient(ops.relu(x - TRUNC_EXP_MAX))
-    em = ops.exp(m)
-    return em + ops.stop_gradient(ops.exp(x) - em)
-
-
-def activate(x, key: str):
-    """threestudio get_activation(name)(x) for the names in ACTIVATIONS (key already lower-cased)."""
-    if key == "relu":
-        return ops.relu(x)
-    if key == "softplus":
-        return softplus(x)
-    if key == "exp":
-        return ops.exp(x)
-    if key == "trunc_exp":
-        return trunc_exp(x)
-    if key == "sigmoid":
-        return ops.sigmoid(x)
-    return x
 
 
 class VanillaMLP(nn.Cell):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from mindspore_impl.core.config import parse_structured
 from mindspore_impl.core.registry import register
 from torch_ref.lift3d.geometry.hashgrid import get_encoding
-from torch_ref.lift3d.geometry.mlp import activate, check_activation, get_mlp
+from torch_ref.lift3d.geometry.mlp import get_mlp
+from torch_ref.lift3d.ops import activate, check_activation
 
 NORMAL_TYPES = (None, "finite_difference", "finite_difference_laplacian", "analytic")
 DENSITY_BIASES = ("blob_magic3d", "blob_dreamfusion")

@@ -4,15 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.autograd import Function
 
 from mindspore_impl.core.config import parse_structured
-
-TRUNC_EXP_MAX = 15.0
-ACTIVATIONS = ("none", "relu", "softplus", "exp", "trunc_exp", "sigmoid")
+from torch_ref.lift3d.ops import activate, check_activation
 
 
 @dataclass
@@ -32,44 +27,6 @@ def parse_mlp_config(cfg) -> MLPConfig:
         raise ValueError(f"VanillaMLP uses ReLU, got activation '{parsed.activation}'")
     check_activation(parsed.output_activation)
     return parsed
-
-
-def check_activation(name) -> str:
-    key = "none" if name is None else str(name).lower()
-    if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
-    return key
-
-
-class _TruncExp(Function):
-    """threestudio trunc_exp: exp forward, exp(clamp(x, max=15)) backward (twice differentiable)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.exp(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.exp(x.clamp(max=TRUNC_EXP_MAX))
-
-
-trunc_exp = _TruncExp.apply
-
-
-def activate(x: torch.Tensor, key: str) -> torch.Tensor:
-    if key == "relu":
-        return F.relu(x)
-    if key == "softplus":
-        return F.softplus(x)
-    if key == "exp":
-        return torch.exp(x)
-    if key == "trunc_exp":
-        return trunc_exp(x)
-    if key == "sigmoid":
-        return torch.sigmoid(x)
-    return x
 
 
 class VanillaMLP(nn.Module):
