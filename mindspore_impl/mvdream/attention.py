@@ -1,0 +1,148 @@
+"""MVDream transformer blocks (ldm/modules/attention.py), native MindSpore.
+
+The only MVDream change to SD's SpatialTransformer: the self-attention of every block runs jointly
+over the `num_frames` views of one object, (b f) l c -> b (f l) c.
+The attention kernel is chosen in one place, `attention_backend`.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+from mindspore_impl.core.device import is_ascend
+from mindspore_impl.mvdream.nn_util import LayerNorm32, conv2d, dense, transformer_norm
+
+
+def attention_backend(head_dim: int) -> str:
+    """'flash' (Ascend FlashAttentionScore) where the device and head size allow it, else 'math'.
+
+    Decided when a layer is built, so call mindspore_impl.core.device.setup() before building models.
+    """
+    if is_ascend() and head_dim % 16 == 0 and head_dim <= 256:
+        return "flash"
+    return "math"
+
+
+def math_attention(q, k, v, heads: int, scale: float):
+    """softmax(q k^T * scale) v per head, in float32; q [B, N, h*d], k/v [B, M, h*d] -> [B, N, h*d]."""
+    b, n, inner = q.shape
+    d = inner // heads
+
+    def split(t):
+        return t.reshape(b, t.shape[1], heads, d).transpose(0, 2, 1, 3).astype(ms.float32)
+
+    sim = ops.matmul(split(q), split(k).swapaxes(-1, -2)) * scale
+    out = ops.matmul(ops.softmax(sim, axis=-1), split(v))
+    return out.transpose(0, 2, 1, 3).reshape(b, n, inner).astype(v.dtype)
+
+
+def flash_attention(q, k, v, heads: int, scale: float):
+    """Ascend fused kernel (fp16/bf16 inputs, fp32 softmax inside); same contract as math_attention."""
+    dtype = q.dtype if q.dtype in (ms.float16, ms.bfloat16) else ms.float16
+    out = ops.flash_attention_score(q.astype(dtype), k.astype(dtype), v.astype(dtype), heads,
+                                    scalar_value=scale, input_layout="BSH")
+    return out.astype(v.dtype)
+
+
+class CrossAttention(nn.Cell):
+    def __init__(self, query_dim, context_dim=None, heads=8, dim_head=64, dropout=0.0):
+        super().__init__()
+        inner_dim = dim_head * heads
+        context_dim = query_dim if context_dim is None else context_dim
+        self.scale = dim_head ** -0.5
+        self.heads = heads
+        self.backend = attention_backend(dim_head)
+        self.to_q = dense(query_dim, inner_dim, bias=False)
+        self.to_k = dense(context_dim, inner_dim, bias=False)
+        self.to_v = dense(context_dim, inner_dim, bias=False)
+        self.to_out = nn.SequentialCell(dense(inner_dim, query_dim), nn.Dropout(p=dropout))
+
+    def construct(self, x, context=None):
+        if context is None:
+            context = x
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if self.backend == "flash":
+            out = flash_attention(q, k, v, self.heads, self.scale)
+        else:
+            out = math_attention(q, k, v, self.heads, self.scale)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Cell):
+    def __init__(self, dim_in, dim_out):
+        super().__init__()
+        self.proj = dense(dim_in, dim_out * 2)
+        self.dim_out = dim_out
+
+    def construct(self, x):
+        h = self.proj(x)
+        return h[..., :self.dim_out] * ops.gelu(h[..., self.dim_out:], approximate="none")
+
+
+class FeedForward(nn.Cell):
+    """Gated-GELU MLP, inner width 4 x dim (SD's transformer always uses glu=True)."""
+
+    def __init__(self, dim, mult=4, dropout=0.0):
+        super().__init__()
+        inner_dim = int(dim * mult)
+        self.net = nn.SequentialCell(GEGLU(dim, inner_dim), nn.Dropout(p=dropout), dense(inner_dim, dim))
+
+    def construct(self, x):
+        return self.net(x)
+
+
+class BasicTransformerBlock3D(nn.Cell):
+    def __init__(self, dim, n_heads, d_head, context_dim, dropout=0.0):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)  # self-attention
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout)
+        self.norm1 = LayerNorm32(dim)
+        self.norm2 = LayerNorm32(dim)
+        self.norm3 = LayerNorm32(dim)
+
+    def construct(self, x, context=None, num_frames=1):
+        bf, l, c = x.shape
+        x = x.reshape(bf // num_frames, num_frames * l, c)  # (b f) l c -> b (f l) c
+        x = self.attn1(self.norm1(x)) + x
+        x = x.reshape(bf, l, c)  # b (f l) c -> (b f) l c
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer3D(nn.Cell):
+    """[B, C, H, W] -> [B, C, H, W]: GroupNorm, project in (1x1 conv or linear), blocks, project out, residual.
+
+    Called like every layer of a TimestepEmbedSequential: (x, emb, context, num_frames); emb is unused.
+    """
+
+    def __init__(self, in_channels, n_heads, d_head, depth=1, dropout=0.0, context_dim=None, use_linear=False):
+        super().__init__()
+        context_dims = context_dim if isinstance(context_dim, (list, tuple)) else [context_dim] * depth
+        if len(context_dims) != depth:
+            raise ValueError(f"context_dim list {context_dims} must have one entry per transformer block ({depth})")
+        inner_dim = n_heads * d_head
+        if use_linear and inner_dim != in_channels:
+            raise ValueError(f"use_linear_in_transformer needs heads x head_dim == channels, got {inner_dim} vs {in_channels}")
+        self.norm = transformer_norm(in_channels)
+        self.proj_in = dense(in_channels, inner_dim) if use_linear else conv2d(in_channels, inner_dim, 1)
+        self.transformer_blocks = nn.CellList([
+            BasicTransformerBlock3D(inner_dim, n_heads, d_head, context_dims[d], dropout) for d in range(depth)])
+        self.proj_out = dense(inner_dim, in_channels) if use_linear else conv2d(inner_dim, in_channels, 1)
+        self.use_linear = use_linear
+
+    def construct(self, x, emb=None, context=None, num_frames=1):
+        b, c, h, w = x.shape
+        x_in = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = x.reshape(b, x.shape[1], h * w).transpose(0, 2, 1)  # b c h w -> b (h w) c
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context, num_frames)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = x.transpose(0, 2, 1).reshape(b, x.shape[2], h, w)  # b (h w) c -> b c h w
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in

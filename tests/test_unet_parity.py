@@ -1,0 +1,213 @@
+"""Parity of the MVDream multiview UNet: torch_ref vs mindspore_impl (DESIGN.md, parity method).
+
+Weights travel the user's way: torch state dict -> original-format .pt (model.diffusion_model.*)
+-> convert.pt2ms.convert_state_dict -> strict load into the MindSpore model.
+"""
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+from convert.io import read_torch_checkpoint, write_torch_checkpoint
+from convert.keymaps import UNET, expected_torch_shapes, load_model_config, name_map
+from convert.pt2ms import convert_state_dict
+from mindspore_impl.core.checkpoint import load_state_dict
+from tests.parity import assert_parity
+
+import mindspore_impl.mvdream as ms_mvdream
+from mindspore_impl.mvdream import attention as ms_attention
+from mindspore_impl.mvdream import unet as ms_unet
+import torch_ref.mvdream as pt_mvdream
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREFIX = "model.diffusion_model."
+
+
+def tiny_unet_params(**overrides) -> dict:
+    params = dict(load_model_config(os.path.join(ROOT, "configs", "tiny-mvdream.yaml"))["unet_config"]["params"])
+    params.update(overrides)
+    return params
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Random weights everywhere (also the zero-initialised output convs, so every path is tested)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if p.ndim == 1 and name.endswith("weight"):  # GroupNorm / LayerNorm scales
+                p.copy_(1.0 + 0.1 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / p[0].numel() ** 0.5)
+
+
+def ms_twin(torch_model, params: dict, tmp_dir: str):
+    """MindSpore model holding torch_model's weights, moved through an original .pt and the converter."""
+    path = os.path.join(tmp_dir, "unet-original.pt")
+    write_torch_checkpoint({PREFIX + k: v.numpy() for k, v in torch_model.state_dict().items()}, path)
+    converted = convert_state_dict(read_torch_checkpoint(path), {"unet_config": {"params": params}})
+    model = ms_mvdream.MultiViewUNetModel(**params)
+    load_state_dict(model, converted, prefix=PREFIX, strict=True)
+    return model
+
+
+def make_inputs(batch: int, context_dim: int, camera: bool, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 4, 16, 16)).astype(np.float32)
+    t = rng.integers(0, 1000, batch).astype(np.float32)
+    ctx = rng.standard_normal((batch, 5, context_dim)).astype(np.float32)
+    cam = rng.standard_normal((batch, 16)).astype(np.float32) if camera else None
+    w = rng.standard_normal((batch, 4, 16, 16)).astype(np.float32)
+    return x, t, ctx, cam, w
+
+
+def torch_run(model, x, t, ctx, cam, w, num_frames):
+    """(output, d sum(out*w)/dx, d sum(out*w)/dcontext)."""
+    xt, ct = torch.tensor(x, requires_grad=True), torch.tensor(ctx, requires_grad=True)
+    out = model(xt, torch.tensor(t), ct, None if cam is None else torch.tensor(cam), num_frames=num_frames)
+    (out * torch.tensor(w)).sum().backward()
+    return out.detach().numpy(), xt.grad.numpy(), ct.grad.numpy()
+
+
+def ms_run(model, x, t, ctx, cam, w, num_frames):
+    cam_ms = None if cam is None else ms.Tensor(cam)
+
+    def loss(xx, cc):
+        out = model(xx, ms.Tensor(t), cc, cam_ms, num_frames)
+        return (out * ms.Tensor(w)).sum(), out
+
+    (_, out), (gx, gc) = ms.value_and_grad(loss, grad_position=(0, 1), has_aux=True)(ms.Tensor(x), ms.Tensor(ctx))
+    return out.asnumpy(), gx.asnumpy(), gc.asnumpy()
+
+
+@pytest.fixture(scope="module")
+def tiny4(tmp_path_factory):
+    """Tiny UNet pair and the 4-view (2 objects x 4 views, with camera) PyNative results."""
+    params = tiny_unet_params()
+    pt_model = pt_mvdream.MultiViewUNetModel(**params).eval()
+    randomize(pt_model, seed=0)
+    ms_model = ms_twin(pt_model, params, str(tmp_path_factory.mktemp("tiny4")))
+    inputs = make_inputs(8, params["context_dim"], camera=True, seed=1)
+    return dict(params=params, pt=pt_model, ms=ms_model, inputs=inputs,
+                ref=torch_run(pt_model, *inputs, num_frames=4), got=ms_run(ms_model, *inputs, num_frames=4))
+
+
+def test_four_views_with_camera_outputs_and_input_gradients(tiny4):
+    (out, gx, gc), (ref_out, ref_gx, ref_gc) = tiny4["got"], tiny4["ref"]
+    assert out.shape == (8, 4, 16, 16)
+    assert_parity(out, ref_out, "unet 4 views + camera: output")
+    assert_parity(gx, ref_gx, "unet 4 views + camera: d/dx")
+    assert_parity(gc, ref_gc, "unet 4 views + camera: d/dcontext")
+    # the views really attend to each other: changing view 0 changes the output of view 1
+    x, t, ctx, cam, _ = tiny4["inputs"]
+    x2 = x.copy()
+    x2[0] += 1.0
+    out2 = tiny4["ms"](ms.Tensor(x2), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4).asnumpy()
+    assert np.abs(out2[1] - out[1]).max() > 1e-3
+    assert np.abs(out2[4:] - out[4:]).max() == 0.0  # the other object is untouched
+
+
+def test_one_view_without_camera(tiny4):
+    """camera=None, num_frames=1: plain SD 2.1 behaviour, same weights."""
+    inputs = make_inputs(2, tiny4["params"]["context_dim"], camera=False, seed=2)
+    (out, gx, gc) = ms_run(tiny4["ms"], *inputs, 1)
+    (ref_out, ref_gx, ref_gc) = torch_run(tiny4["pt"], *inputs, 1)
+    assert_parity(out, ref_out, "unet 1 view, no camera: output")
+    assert_parity(gx, ref_gx, "unet 1 view, no camera: d/dx")
+    assert_parity(gc, ref_gc, "unet 1 view, no camera: d/dcontext")
+
+
+def test_recompute_switch_keeps_gradients(tiny4, tmp_path):
+    """use_checkpoint=True -> Cell.recompute() on every ResBlock / SpatialTransformer3D; gradients unchanged
+    (checked on the middle block: ResBlock, joint-view transformer, ResBlock)."""
+    recomputed = ms_twin(tiny4["pt"], tiny4["params"] | {"use_checkpoint": True}, str(tmp_path))
+    blocks = [c for _, c in recomputed.cells_and_names()
+              if isinstance(c, (ms_unet.ResBlock, ms_attention.SpatialTransformer3D))]
+    assert len(blocks) == 12 and all(getattr(c, "_has_config_recompute", False) for c in blocks)
+    rng = np.random.default_rng(5)
+    h, emb = rng.standard_normal((8, 64, 8, 8)), rng.standard_normal((8, 128))
+    ctx, w = rng.standard_normal((8, 5, 32)), rng.standard_normal((8, 64, 8, 8))
+    h, emb, ctx, w = (ms.Tensor(a.astype(np.float32)) for a in (h, emb, ctx, w))
+
+    def grads(block):
+        def loss(hh, ee):
+            return (block(hh, ee, ctx, 4) * w).sum()
+        return ms.grad(loss, grad_position=(0, 1))(h, emb)
+
+    (gh, ge), (ref_gh, ref_ge) = grads(recomputed.middle_block), grads(tiny4["ms"].middle_block)
+    assert_parity(gh, ref_gh, "recompute vs plain middle block: d/dh", rel=1e-5)
+    assert_parity(ge, ref_ge, "recompute vs plain middle block: d/demb", rel=1e-5)
+
+
+def test_v15_style_config(tmp_path):
+    """sd-v1.5-4view style (num_heads instead of num_head_channels, 1x1-conv proj_in/out, other context
+    width) plus the two rarer switches use_scale_shift_norm and conv_resample=False."""
+    params = tiny_unet_params(num_heads=2, num_head_channels=-1, use_linear_in_transformer=False, context_dim=24,
+                              use_scale_shift_norm=True, conv_resample=False)
+    pt_model = pt_mvdream.MultiViewUNetModel(**params).eval()
+    randomize(pt_model, seed=3)
+    assert pt_model.input_blocks[3][1].proj_in.weight.shape == (64, 64, 1, 1)
+    assert pt_model.input_blocks[3][1].transformer_blocks[0].attn1.heads == 2
+    ms_model = ms_twin(pt_model, params, str(tmp_path))
+    x, t, ctx, cam, _ = make_inputs(4, 24, camera=True, seed=4)
+    out = ms_model(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4)
+    with torch.no_grad():
+        ref = pt_model(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
+    assert_parity(out, ref, "unet v1.5-style: output")
+
+
+def test_fp16_weights_switch(tiny4, tmp_path):
+    """use_fp16: Dense/Conv weights float16 (norms float32), float32 output close to the fp32 reference."""
+    ms16 = ms_twin(tiny4["pt"], tiny4["params"] | {"use_fp16": True}, str(tmp_path))
+    dtypes = {p.name: p.dtype for p in ms16.get_parameters()}
+    assert dtypes["input_blocks.3.1.transformer_blocks.0.attn1.to_q.weight"] == ms.float16
+    assert dtypes["input_blocks.3.1.transformer_blocks.0.norm1.gamma"] == ms.float32
+    x, t, ctx, cam, _ = make_inputs(4, tiny4["params"]["context_dim"], camera=True, seed=6)
+    out = ms16(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4)
+    assert out.dtype == ms.float32
+    with torch.no_grad():
+        ref = tiny4["pt"](torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
+    assert_parity(out, ref, "unet fp16 weights vs fp32 reference: output", rel=1e-2)
+
+
+def test_graph_mode_matches_pynative(tiny4):
+    x, t, ctx, cam, _ = tiny4["inputs"]
+    ms.set_context(mode=ms.GRAPH_MODE)
+    out = tiny4["ms"](ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4)
+    assert_parity(out, tiny4["got"][0], "unet GRAPH vs PyNative: output", rel=1e-6)
+
+
+def test_full_sd21_config_names_and_shapes():
+    """The converted name/shape set of the real sd-v2-base UNet equals the MindSpore model's, exactly."""
+    from mindspore.nn.utils import no_init_parameters
+    model_params = load_model_config(os.path.join(ROOT, "configs", "sd-v2-base.yaml"))
+    torch_shapes = expected_torch_shapes(UNET, model_params)
+    names = name_map(UNET, torch_shapes)
+    converted = {names[k]: shape for k, shape in torch_shapes.items()}
+    with no_init_parameters():  # shapes only: skip allocating/initialising 868M weights
+        model = ms_mvdream.MultiViewUNetModel(**model_params["unet_config"]["params"])
+    ms_shapes = {p.name: tuple(p.shape) for p in model.get_parameters()}
+    assert len(torch_shapes) == 690  # SD 2.1 UNet (686) + camera_embed (4)
+    assert sum(int(np.prod(s)) for s in torch_shapes.values()) == 867_572_164
+    assert sorted(set(converted) ^ set(ms_shapes)) == []
+    assert {k: v for k, v in converted.items() if ms_shapes[k] != v} == {}
+    assert torch_shapes["camera_embed.0.weight"] == (1280, 16)
+    assert converted["middle_block.1.transformer_blocks.0.norm1.weight".replace("weight", "gamma")] == (1280,)
+    assert torch_shapes["input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] == (320, 1024)
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(resblock_updown=True), "resblock_updown=True is not supported"),
+    (dict(use_spatial_transformer=False), "use_spatial_transformer=False"),
+    (dict(num_classes=10), "class/ADM conditioning"),
+    (dict(disable_middle_self_attn=True), "disabling self-attention"),
+    (dict(dims=3), "dims=3"),
+])
+def test_unsupported_options_fail_clearly(override, message):
+    for tree in (pt_mvdream, ms_mvdream):
+        with pytest.raises(NotImplementedError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            tree.MultiViewUNetModel(**tiny_unet_params(**override))
