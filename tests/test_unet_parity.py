@@ -209,5 +209,5 @@ def test_full_sd21_config_names_and_shapes():
 ])
 def test_unsupported_options_fail_clearly(override, message):
     for tree in (pt_mvdream, ms_mvdream):
-        with pytest.raises(NotImplementedError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             tree.MultiViewUNetModel(**tiny_unet_params(**override))

@@ -21,7 +21,7 @@ def check_unet_config(*, use_spatial_transformer, context_dim, num_heads, num_he
                       channel_mult, num_res_blocks, num_attention_blocks, use_fp16, use_bf16, adm_in_channels):
     """Raise on option combinations the port does not implement (instead of ignoring them)."""
     def unsupported(what):
-        raise NotImplementedError(f"MultiViewUNetModel: {what} is not supported by this port")
+        raise ValueError(f"MultiViewUNetModel: {what} is not supported by this port")
 
     if not use_spatial_transformer:
         unsupported("use_spatial_transformer=False (legacy AttentionBlock)")

@@ -22,6 +22,7 @@ unique across modules (graph mode and the optimizer require it) and readable in 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -82,7 +83,7 @@ def _flatten_groups(spec: dict, prefix: str = "") -> dict[str, dict]:
     return out
 
 
-class BaseSystem:
+class BaseSystem(ABC):
     Config = BaseSystemConfig
     # attribute names whose cells are never saved (frozen models, text embeddings)
     unsaved_modules: tuple[str, ...] = ("guidance", "prompt_processor")
@@ -102,21 +103,21 @@ class BaseSystem:
 
     # ----- to implement in a system
 
+    @abstractmethod
     def configure(self) -> None:
         """Build the cells (as attributes) from self.cfg."""
-        raise NotImplementedError
 
+    @abstractmethod
     def training_step(self, batch: dict, global_step: int) -> dict[str, float]:
         """One optimisation step (forward, backward, optimizer update); returns float metrics incl. 'loss'."""
-        raise NotImplementedError
 
+    @abstractmethod
     def validation_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
         """Images to show for one validation view: name -> (H, W, 3 or 1) float in [0, 1]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def test_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
         """One frame of the test orbit: name -> (H, W, 3 or 1) float in [0, 1] (joined side by side)."""
-        raise NotImplementedError
 
     def export(self, out_dir: str) -> list[str]:
         """Write exports (meshes) under out_dir; returns the paths written."""
