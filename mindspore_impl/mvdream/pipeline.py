@@ -1,0 +1,173 @@
+"""Text-to-multiview images with MVDream in MindSpore: prompt -> F views (uint8, F x H x W x 3).
+
+    pipe = MVDreamPipeline.from_checkpoint("mvdream-sd21.ckpt", "configs/sd-v2-base.yaml", "tokenizer/")
+    images = pipe("an astronaut riding a horse, 3d asset", num_frames=4, steps=50, scale=10, seed=23)
+
+Up to `joint_views` (4, what the model was trained with) views attend to each other jointly in one
+UNet call; more views use the sliding-window scheme of sliding_window.py, so any num_frames works
+with memory bounded by the window.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
+from mindspore_impl.core.checkpoint import CheckpointError, load_state_dict, read_params
+from mindspore_impl.mvdream import samplers
+from mindspore_impl.mvdream.cameras import get_camera
+from mindspore_impl.mvdream.schedule import schedule_from_config
+from mindspore_impl.mvdream.sliding_window import DEFAULT_WINDOW, sliding_window_eps_fn
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.model."
+
+CHECKPOINT_HINT = (
+    "Get the original weights sd-v2.1-base-4view.pt from https://huggingface.co/MVDream/MVDream and "
+    "convert them once: python -m convert.pt2ms --src sd-v2.1-base-4view.pt --dst mvdream-sd21.ckpt "
+    "(or --dst mvdream-sd21.safetensors).")
+TOKENIZER_HINT = (
+    "The CLIP BPE tokenizer files (vocab.json and merges.txt) of SD 2.1 are in the 'tokenizer' folder of "
+    "https://huggingface.co/stabilityai/stable-diffusion-2-1-base; download that folder and pass its path.")
+
+_DTYPES = {"fp32": ms.float32, "float32": ms.float32, "fp16": ms.float16, "float16": ms.float16}
+
+
+def _load_yaml_model_params(config_path: str) -> dict:
+    from convert.keymaps import load_model_config
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"model config not found: {config_path} (use configs/sd-v2-base.yaml)")
+    return load_model_config(config_path)
+
+
+def _load_tokenizer(tokenizer_path: str):
+    """CLIP BPE tokenizer from a local folder (vocab.json + merges.txt) or open_clip's .gz file."""
+    if not tokenizer_path or not os.path.exists(tokenizer_path):
+        raise FileNotFoundError(f"tokenizer files not found: {tokenizer_path!r}. {TOKENIZER_HINT}")
+    from mindspore_impl.mvdream.tokenizer import load_tokenizer
+    return load_tokenizer(tokenizer_path)  # names the missing file and where to get it
+
+
+def latent_downsample(first_stage_params: dict) -> int:
+    """Pixels per latent cell: 2 ** (levels - 1) of the VAE (8 for SD)."""
+    return 2 ** (len(first_stage_params["ddconfig"]["ch_mult"]) - 1)
+
+
+class MVDreamPipeline:
+    """Holds the UNet, VAE, text encoder and tokenizer; see the module docstring."""
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, model_params: dict, dtype: str = "fp32"):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.alphas_cumprod = schedule_from_config(model_params)
+        self.scale_factor = float(model_params.get("scale_factor", 0.18215))
+        self.downsample = latent_downsample(model_params["first_stage_config"]["params"])
+        self.latent_channels = int(model_params["unet_config"]["params"].get("in_channels", 4))
+        self.dtype = _DTYPES[dtype]
+        for cell in (unet, vae, text_encoder):
+            cell.set_train(False)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def build(cls, model_params: dict, tokenizer, dtype: str = "fp32") -> "MVDreamPipeline":
+        """Models with fresh (random) weights from an original config's model.params.
+
+        fp16 puts the UNet's Dense/Conv weights in float16 (its use_fp16 switch: norms and softmax
+        stay float32); the VAE and text encoder, run once per image, stay float32.
+        """
+        from mindspore_impl.mvdream import text_encoder, unet, vae
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
+        unet_params = dict(model_params["unet_config"]["params"])
+        unet_params["use_fp16"] = _DTYPES[dtype] == ms.float16
+        return cls(unet.build_from_config(unet_params),
+                   vae.build_from_config(dict(model_params["first_stage_config"]["params"])),
+                   text_encoder.build_from_config(dict(model_params["cond_stage_config"]["params"])),
+                   tokenizer, model_params, dtype)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_path: str, config_path: str, tokenizer_dir: str,
+                        dtype: str = "fp32") -> "MVDreamPipeline":
+        """Load a converted MVDream checkpoint (.ckpt / .safetensors, MindSpore names) strictly."""
+        if not ckpt_path or not os.path.isfile(ckpt_path):
+            raise FileNotFoundError(f"MVDream checkpoint not found: {ckpt_path!r}. {CHECKPOINT_HINT}")
+        if not ckpt_path.endswith((".ckpt", ".safetensors")):
+            raise CheckpointError(f"{ckpt_path}: expected a converted .ckpt or .safetensors file. {CHECKPOINT_HINT}")
+        tokenizer = _load_tokenizer(tokenizer_dir)
+        model_params = _load_yaml_model_params(config_path)
+        pipe = cls.build(model_params, tokenizer, dtype)
+        state = read_params(ckpt_path)
+        known = (UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)
+        extra = sorted(k for k in state if not k.startswith(known))
+        if extra:
+            raise CheckpointError(f"{ckpt_path}: keys outside the UNet/VAE/text encoder: {extra[:10]}")
+        for cell, prefix, what in ((pipe.unet, UNET_PREFIX, "UNet"), (pipe.vae, VAE_PREFIX, "VAE"),
+                                   (pipe.text_encoder, TEXT_PREFIX, "text encoder")):
+            load_state_dict(cell, state, prefix, strict=True, what=f"{ckpt_path} ({what}, prefix '{prefix}')")
+        return pipe
+
+    # ------------------------------------------------------------------ pieces
+    def encode_text(self, prompts: list[str]):
+        """[B] prompts -> [B, 77, C] float32 embeddings (penultimate OpenCLIP layer)."""
+        tokens = ms.Tensor(np.asarray(self.tokenizer(prompts), dtype=np.int32))
+        return self.text_encoder(tokens).astype(ms.float32)
+
+    def model_fn(self, x, t, context, camera, num_frames: int):
+        """UNet eps (float32; the UNet casts its inputs to its own dtype)."""
+        return self.unet(x, t, context, camera, num_frames=num_frames)
+
+    def decode(self, latents, batch: int = 4) -> np.ndarray:
+        """(F, 4, h, w) latents -> uint8 (F, H, W, 3), decoded `batch` views at a time."""
+        out = []
+        for i in range(0, latents.shape[0], batch):
+            img = self.vae.decode(latents[i:i + batch] / self.scale_factor).asnumpy()
+            img = np.clip((img + 1.0) / 2.0, 0.0, 1.0)
+            out.append((255.0 * img.transpose(0, 2, 3, 1)).astype(np.uint8))
+        return np.concatenate(out, 0)
+
+    def eps_fn(self, context, uncontext, camera, num_frames: int, scale: float, single_view: bool,
+               joint_views: int, window: Optional[int], windows_per_call: int):
+        """The guided eps over all views: joint (<= joint_views), independent, or sliding window."""
+        if single_view:
+            rep = lambda c: ops.tile(c, (num_frames, 1, 1))  # noqa: E731
+            return samplers.guided_eps_fn(self.model_fn, rep(context), rep(uncontext), scale, None, 1)
+        if num_frames <= joint_views:
+            rep = lambda c: ops.tile(c, (num_frames, 1, 1))  # noqa: E731
+            return samplers.guided_eps_fn(self.model_fn, rep(context), rep(uncontext), scale, camera, num_frames)
+        return sliding_window_eps_fn(self.model_fn, context, uncontext, camera, scale, window, windows_per_call)
+
+    # ------------------------------------------------------------------ sampling
+    def __call__(self, prompt: str, negative_prompt: str = "", num_frames: int = 4, elevation: float = 15,
+                 azimuth_start: float = 90, azimuth_span: float = 360, steps: int = 50, scale: float = 10.0,
+                 eta: float = 0.0, sampler: str = "ddim", seed: int = 23, height: int = 256, width: int = 256,
+                 single_view: bool = False, karras: bool = False, joint_views: int = 4,
+                 window: Optional[int] = DEFAULT_WINDOW, windows_per_call: int = 1,
+                 rng: Optional[np.random.RandomState] = None, progress: bool = False,
+                 return_latents: bool = False):
+        """-> uint8 images (num_frames, height, width, 3) (and the latents if asked).
+
+        The start noise and the DDIM eta noise come from `rng` (default RandomState(seed)).
+        single_view: every view is an independent image (no camera, num_frames 1 per image).
+        """
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        f = self.downsample
+        if height % f or width % f:
+            raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
+        rng = np.random.RandomState(seed) if rng is None else rng
+        context = self.encode_text([prompt])
+        uncontext = self.encode_text([negative_prompt])
+        camera = None if single_view else ms.Tensor(get_camera(num_frames, elevation, azimuth_start, azimuth_span))
+        eps_fn = self.eps_fn(context, uncontext, camera, num_frames, scale, single_view, joint_views,
+                             window, windows_per_call)
+        shape = (num_frames, self.latent_channels, height // f, width // f)
+        x_T = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+        latents = samplers.sample(sampler, eps_fn, x_T, self.alphas_cumprod, steps, eta=eta, rng=rng,
+                                  karras=karras, progress=progress)
+        images = self.decode(latents)
+        return (images, latents) if return_latents else images

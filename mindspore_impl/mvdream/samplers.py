@@ -1,0 +1,192 @@
+"""Samplers for text-to-multiview generation: DDIM (as LDM/MVDream) and DPM-Solver++ 2M.
+
+Written here rather than taken from a library: the DDIM numerics must be the original LDM ones
+(uniform discretization with the +1 offset, alphas_prev starting at alphas_cumprod[0], LDM's eta
+sigma) and DPM-Solver++ 2M follows the diffusers DPMSolverMultistepScheduler defaults
+(dpmsolver++, midpoint, linspace spacing, first-order first and last step, final sigma 0).
+
+The loop over steps runs on the host. The model is reached through `eps_fn(x, t) -> eps`,
+x (N, 4, h, w) float32 latents of every view, t a Python int; `guided_eps_fn` builds one with
+classifier-free guidance. Noise comes from an explicit numpy RNG, so the torch twin
+(torch_ref/mvdream/samplers.py) can draw exactly the same numbers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+from tqdm import tqdm
+
+EpsFn = Callable[[ms.Tensor, int], ms.Tensor]
+SAMPLERS = ("ddim", "dpmpp2m")
+
+
+# ----------------------------------------------------------------------------- DDIM
+def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
+    """LDM "uniform" discretization: range(0, T, T // S) + 1 (ascending, int64)."""
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {num_steps}")
+    c = num_train_timesteps // num_steps
+    steps_out = np.asarray(list(range(0, num_train_timesteps, c)), dtype=np.int64) + 1
+    # like upstream, S that does not divide T gives ceil(T / c) steps; a last step at T is invalid
+    if steps_out[-1] >= num_train_timesteps:
+        raise ValueError(f"DDIM with {num_steps} steps would sample timestep {steps_out[-1]} "
+                         f"(uniform spacing {c} + 1 >= {num_train_timesteps}); pick another step count")
+    return steps_out
+
+
+def ddim_parameters(alphas_cumprod: np.ndarray, timesteps: np.ndarray, eta: float):
+    """(sigmas, alphas, alphas_prev) per DDIM step, float32 like the buffers upstream reads."""
+    ac = np.asarray(alphas_cumprod, dtype=np.float32)
+    alphas = ac[timesteps].astype(np.float64)
+    alphas_prev = np.concatenate([ac[:1], ac[timesteps[:-1]]]).astype(np.float64)
+    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
+    return sigmas.astype(np.float32), alphas.astype(np.float32), alphas_prev.astype(np.float32)
+
+
+def ddim_step(x, e_t, a_t: float, a_prev: float, sigma_t: float, noise=None):
+    """One DDIM update; returns (x_prev, pred_x0). Coefficients are float32 scalars."""
+    f32 = np.float32
+    sqrt_one_minus_at = f32(np.sqrt(f32(1.0) - f32(a_t)))
+    pred_x0 = (x - float(sqrt_one_minus_at) * e_t) / float(f32(np.sqrt(f32(a_t))))
+    dir_xt = float(f32(np.sqrt(f32(1.0) - f32(a_prev) - f32(sigma_t) ** 2))) * e_t
+    x_prev = float(f32(np.sqrt(f32(a_prev)))) * pred_x0 + dir_xt
+    if noise is not None:
+        x_prev = x_prev + float(sigma_t) * noise
+    return x_prev, pred_x0
+
+
+def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int = 50, eta: float = 0.0,
+                rng: Optional[np.random.RandomState] = None, progress: bool = False, callback=None):
+    """DDIM from x_T (float32 tensor) to x_0; per-step noise (eta > 0) drawn from `rng`."""
+    ts = ddim_timesteps(steps, len(alphas_cumprod))
+    sigmas, alphas, alphas_prev = ddim_parameters(alphas_cumprod, ts, eta)
+    if eta > 0 and rng is None:
+        raise ValueError("eta > 0 needs a numpy rng for the per-step noise")
+    x = x_T
+    for i, index in enumerate(tqdm(range(len(ts) - 1, -1, -1), desc="DDIM", disable=not progress)):
+        e_t = eps_fn(x, int(ts[index]))
+        noise = None
+        if sigmas[index] > 0:
+            noise = ms.Tensor(rng.standard_normal(tuple(x.shape)).astype(np.float32))
+        x, _ = ddim_step(x, e_t, alphas[index], alphas_prev[index], sigmas[index], noise)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+# ----------------------------------------------------------------------------- DPM-Solver++ 2M
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    ramp = np.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional train timestep of each sigma, by linear interpolation in log sigma."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    return np.interp(log_sigma, log_sigmas, np.arange(len(log_sigmas), dtype=np.float64))
+
+
+def dpmpp_schedule(alphas_cumprod: np.ndarray, steps: int, karras: bool = False):
+    """(timesteps int64 (S,), sigmas float32 (S+1,) ending in 0), diffusers' linspace spacing."""
+    n_train = len(alphas_cumprod)
+    if not 1 <= steps <= n_train:
+        raise ValueError(f"steps must be in [1, {n_train}], got {steps}")
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    train_sigmas = np.sqrt((1 - ac) / ac)
+    if karras:
+        sigmas = karras_sigmas(train_sigmas[0], train_sigmas[-1], steps)
+        timesteps = np.round(sigma_to_t(sigmas, np.log(train_sigmas)))
+    else:
+        timesteps = np.linspace(0, n_train - 1, steps + 1).round()[::-1][:-1].copy()
+        sigmas = np.interp(timesteps, np.arange(n_train), train_sigmas)
+    sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
+    return timesteps.astype(np.int64), sigmas
+
+
+def _alpha_sigma(sigma: float):
+    alpha = 1.0 / np.sqrt(sigma ** 2 + 1.0)
+    return alpha, sigma * alpha
+
+
+def dpmpp_2m_coefficients(sigmas: np.ndarray, i: int):
+    """Update x_{i+1} = c_x x_i + c0 D0 + c1 D1 for step i, with D0 = x0_i, D1 = x0_i - x0_{i-1}.
+
+    First step and the final step (sigma 0) are first order, the others second order (midpoint).
+    """
+    s0, t = float(sigmas[i]), float(sigmas[i + 1])
+    if t == 0.0:
+        return 0.0, 1.0, 0.0
+    alpha_t, sig_t = _alpha_sigma(t)
+    alpha_s0, sig_s0 = _alpha_sigma(s0)
+    lam = lambda a, s: np.log(a) - np.log(s)  # noqa: E731
+    h = lam(alpha_t, sig_t) - lam(alpha_s0, sig_s0)
+    c_x, c0 = sig_t / sig_s0, -alpha_t * (np.exp(-h) - 1.0)
+    if i == 0:
+        return c_x, c0, 0.0
+    alpha_s1, sig_s1 = _alpha_sigma(float(sigmas[i - 1]))
+    r0 = (lam(alpha_s0, sig_s0) - lam(alpha_s1, sig_s1)) / h
+    return c_x, c0, 0.5 * c0 / r0
+
+
+def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int = 20, karras: bool = False,
+                    progress: bool = False, callback=None):
+    """DPM-Solver++ 2M (data prediction, multistep) from x_T; deterministic."""
+    timesteps, sigmas = dpmpp_schedule(alphas_cumprod, steps, karras)
+    x, prev_x0 = x_T, None
+    for i in tqdm(range(len(timesteps)), desc="DPM++ 2M", disable=not progress):
+        eps = eps_fn(x, int(timesteps[i]))
+        alpha_s, sig_s = _alpha_sigma(float(sigmas[i]))
+        x0 = (x - float(sig_s) * eps) / float(alpha_s)
+        c_x, c0, c1 = dpmpp_2m_coefficients(sigmas, i)
+        x_new = float(c0) * x0
+        if c_x != 0.0:
+            x_new = float(c_x) * x + x_new
+        if c1 != 0.0:
+            x_new = x_new + float(c1) * (x0 - prev_x0)
+        x, prev_x0 = x_new, x0
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int, eta: float = 0.0,
+           rng=None, karras: bool = False, progress: bool = False, callback=None):
+    """Dispatch by sampler name ("ddim" | "dpmpp2m")."""
+    if name == "ddim":
+        return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback)
+    if name == "dpmpp2m":
+        if eta != 0.0:
+            raise ValueError("dpmpp2m is deterministic: eta must be 0")
+        return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+
+
+# ----------------------------------------------------------------------------- guidance
+def guided_eps_fn(model_fn, context, uncontext=None, scale: float = 1.0, camera=None,
+                  num_frames: int = 1) -> EpsFn:
+    """Classifier-free guidance around `model_fn(x, t (B,), context, camera, num_frames)`.
+
+    Like LDM: [uncond; cond] batches concatenated in one call, e = e_u + scale (e_c - e_u).
+    context/uncontext (N, 77, C), camera (N, 16) or None; a negative prompt is the uncontext.
+    """
+    n = context.shape[0]
+    if uncontext is None or scale == 1.0:
+        def eps_single(x, t):
+            return model_fn(x, ms.Tensor(np.full((n,), t, dtype=np.int32)), context, camera, num_frames)
+        return eps_single
+    c_in = ops.concat([uncontext, context], axis=0)
+    cam_in = None if camera is None else ops.concat([camera, camera], axis=0)
+    t_cache: dict[int, ms.Tensor] = {}
+
+    def eps_cfg(x, t):
+        if t not in t_cache:
+            t_cache.clear()
+            t_cache[t] = ms.Tensor(np.full((2 * n,), t, dtype=np.int32))
+        out = model_fn(ops.concat([x, x], axis=0), t_cache[t], c_in, cam_in, num_frames)
+        e_u, e_c = out[:n], out[n:]
+        return e_u + scale * (e_c - e_u)
+    return eps_cfg

@@ -1,0 +1,156 @@
+"""Samplers: a full tiny sampling run gives the same latents in MindSpore and PyTorch.
+
+Both runs use the same fixed x_T and per-step noise (numpy RNG), classifier-free guidance with a
+negative-prompt context, cameras, and the tiny MultiViewUNetModel with random weights moved from
+torch to MindSpore through the project's converter.
+"""
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+from mindspore_impl.mvdream import samplers as mss
+from mindspore_impl.mvdream.schedule import NoiseSchedule, make_alphas_cumprod
+from tests.parity import assert_parity
+from tests.tiny_mvdream_models import tiny_unet_pair
+from torch_ref.mvdream import samplers as ts
+from torch_ref.mvdream.schedule import NoiseSchedule as TNoiseSchedule
+
+F = 4
+
+
+@pytest.fixture(scope="module")
+def unets():
+    return tiny_unet_pair(seed=0)
+
+
+def _inputs(ctx_dim, seed=1):
+    rng = np.random.RandomState(seed)
+    x_T = rng.standard_normal((F, 4, 8, 8)).astype(np.float32)
+    c = rng.standard_normal((F, 77, ctx_dim)).astype(np.float32)
+    uc = rng.standard_normal((F, 77, ctx_dim)).astype(np.float32)
+    from mindspore_impl.mvdream.cameras import get_camera
+    cam = get_camera(F, elevation=15, azimuth_start=90)
+    return x_T, c, uc, cam
+
+
+def _ms_model_fn(unet):
+    def fn(x, t, ctx, cam, num_frames):
+        return unet(x, t, ctx, cam, num_frames=num_frames)
+    return fn
+
+
+def _torch_model_fn(unet):
+    def fn(x, t, ctx, cam, num_frames):
+        return unet(x, t, context=ctx, camera=cam, num_frames=num_frames)
+    return fn
+
+
+def test_schedule_values_and_q_sample():
+    ac = make_alphas_cumprod()
+    # pinned: scaled-linear SD schedule
+    assert ac[0] == pytest.approx(1 - 0.00085, abs=1e-7)
+    assert ac[-1] == pytest.approx(0.0046600, rel=1e-3)
+    rng = np.random.RandomState(0)
+    x0, noise = rng.standard_normal((2, 4, 8, 8)).astype(np.float32), rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    t = np.array([10, 900])
+    a = NoiseSchedule().q_sample(ms.Tensor(x0), ms.Tensor(t.astype(np.int32)), ms.Tensor(noise))
+    r = TNoiseSchedule().q_sample(torch.tensor(x0), torch.tensor(t), torch.tensor(noise))
+    expect = np.sqrt(ac[t])[:, None, None, None] * x0 + np.sqrt(1 - ac[t])[:, None, None, None] * noise
+    assert_parity(a, r, "q_sample", rel=1e-6)
+    assert_parity(a, expect, "q_sample vs formula", rel=1e-6)
+
+
+def test_ddim_timesteps_match_ldm():
+    np.testing.assert_array_equal(mss.ddim_timesteps(50)[:4], [1, 21, 41, 61])
+    assert mss.ddim_timesteps(50)[-1] == 981 and len(mss.ddim_timesteps(50)) == 50
+    sig, a, ap = mss.ddim_parameters(make_alphas_cumprod(), mss.ddim_timesteps(10), eta=1.0)
+    ac = make_alphas_cumprod()
+    assert ap[0] == ac[0] and a[0] == ac[1]
+    np.testing.assert_allclose(sig, np.sqrt((1 - ap) / (1 - a) * (1 - a / ap)), rtol=1e-5)
+
+
+def test_dpmpp_schedule_twin():
+    ac = make_alphas_cumprod()
+    for karras in (False, True):
+        t1, s1 = mss.dpmpp_schedule(ac, 20, karras)
+        t2, s2 = ts.dpmpp_schedule(ac, 20, karras)
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_allclose(s1, s2.numpy(), rtol=1e-6)
+        assert s1[-1] == 0 and t1[0] == 999 and len(t1) == 20
+
+
+def _stand_in_ms(x, t, ctx, cam, num_frames):
+    """A cheap multiview 'UNet': mixes the views of a group, the context, camera and timestep."""
+    from mindspore import ops
+    b = x.shape[0]
+    group_mean = x.reshape(b // num_frames, num_frames, -1).mean(axis=1, keep_dims=True)
+    mix = ops.tile(group_mean, (1, num_frames, 1)).reshape(x.shape)
+    bias = ctx.mean(axis=(1, 2)).reshape(b, 1, 1, 1) + cam.sum(axis=1).reshape(b, 1, 1, 1) * 0.1
+    return ops.tanh(0.8 * x + 0.3 * mix + bias) * float(np.cos(t.asnumpy()[0] / 1000.0))
+
+
+def _stand_in_torch(x, t, ctx, cam, num_frames):
+    b = x.shape[0]
+    group_mean = x.reshape(b // num_frames, num_frames, -1).mean(dim=1, keepdim=True)
+    mix = group_mean.repeat(1, num_frames, 1).reshape(x.shape)
+    bias = ctx.mean(dim=(1, 2)).reshape(b, 1, 1, 1) + cam.sum(dim=1).reshape(b, 1, 1, 1) * 0.1
+    return torch.tanh(0.8 * x + 0.3 * mix + bias) * float(np.cos(t[0].item() / 1000.0))
+
+
+def _run_both(ms_model_fn, t_model_fn, x_T, c, uc, cam, sampler, steps, eta, karras, scale):
+    ac = make_alphas_cumprod()
+    ms_eps = mss.guided_eps_fn(ms_model_fn, ms.Tensor(c), ms.Tensor(uc), scale, ms.Tensor(cam), F)
+    t_eps = ts.guided_eps_fn(t_model_fn, torch.tensor(c), torch.tensor(uc), scale, torch.tensor(cam), F)
+    out_ms = mss.sample(sampler, ms_eps, ms.Tensor(x_T), ac, steps, eta=eta, rng=np.random.RandomState(5),
+                        karras=karras)
+    with torch.no_grad():
+        out_t = ts.sample(sampler, t_eps, torch.tensor(x_T), ac, steps, eta=eta, rng=np.random.RandomState(5),
+                          karras=karras)
+    return out_ms, out_t
+
+
+@pytest.mark.parametrize("sampler,eta,karras", [("ddim", 0.0, False), ("ddim", 1.0, False),
+                                                ("dpmpp2m", 0.0, False), ("dpmpp2m", 0.0, True)])
+def test_sampler_parity_stand_in_50_steps(sampler, eta, karras):
+    """Long schedules (50 / 20 steps) on a cheap stand-in model: every step's coefficients."""
+    x_T, c, uc, cam = _inputs(8)
+    steps = 50 if sampler == "ddim" else 20
+    out_ms, out_t = _run_both(_stand_in_ms, _stand_in_torch, x_T, c, uc, cam, sampler, steps, eta, karras, 7.5)
+    assert_parity(out_ms, out_t, f"stand-in {sampler} eta={eta} karras={karras} {steps} steps", rel=1e-4)
+    assert float(np.abs(out_ms.asnumpy() - x_T).max()) > 0.1
+
+
+@pytest.mark.parametrize("sampler,eta,karras,steps", [("ddim", 0.5, False, 4), ("dpmpp2m", 0.0, True, 4)])
+def test_sampler_parity_tiny_unet(unets, sampler, eta, karras, steps):
+    """Full tiny sampling runs through the real MultiViewUNetModel (random weights), CFG + cameras."""
+    ms_unet, t_unet, ctx_dim = unets
+    x_T, c, uc, cam = _inputs(ctx_dim)
+    out_ms, out_t = _run_both(_ms_model_fn(ms_unet), _torch_model_fn(t_unet), x_T, c, uc, cam,
+                              sampler, steps, eta, karras, 3.0)
+    assert_parity(out_ms, out_t, f"tiny UNet {sampler} eta={eta} karras={karras} {steps} steps", rel=1e-4)
+    assert np.all(np.isfinite(out_ms.asnumpy()))
+    assert float(np.abs(out_ms.asnumpy() - x_T).max()) > 0.1
+
+
+def test_bad_step_counts_and_names():
+    with pytest.raises(ValueError, match="3 steps would sample timestep 1000"):
+        mss.ddim_timesteps(3)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        mss.sample("euler", None, None, make_alphas_cumprod(), 10)
+    with pytest.raises(ValueError, match="needs a numpy rng"):
+        mss.sample_ddim(lambda x, t: x, ms.Tensor(np.zeros((1, 4, 2, 2), np.float32)), make_alphas_cumprod(), 10,
+                        eta=1.0)
+
+
+def test_q_sample_graph_mode_equals_pynative():
+    """NoiseSchedule runs inside GRAPH-mode training steps (SDS guidance)."""
+    sched = NoiseSchedule()
+    rng = np.random.RandomState(3)
+    x0, noise = (ms.Tensor(rng.standard_normal((4, 4, 8, 8)).astype(np.float32)) for _ in range(2))
+    t = ms.Tensor(np.array([1, 250, 500, 999], dtype=np.int32))
+    eager = sched(x0, t, noise)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    graph = sched(x0, t, noise)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert_parity(graph, eager, "q_sample GRAPH vs PyNative", rel=1e-6)

@@ -1,0 +1,151 @@
+"""PyTorch twin of mindspore_impl/mvdream/samplers.py.
+
+DDIM follows LDM's DDIMSampler.make_schedule / p_sample_ddim (torch float32 buffers, torch.full
+coefficients); DPM-Solver++ 2M follows diffusers' DPMSolverMultistepScheduler (float32 sigma
+table, torch scalar math). Same eps_fn / rng interface as the MindSpore samplers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
+SAMPLERS = ("ddim", "dpmpp2m")
+
+
+def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {num_steps}")
+    c = num_train_timesteps // num_steps
+    steps_out = np.asarray(list(range(0, num_train_timesteps, c))) + 1
+    # like upstream, S that does not divide T gives ceil(T / c) steps; a last step at T is invalid
+    if steps_out[-1] >= num_train_timesteps:
+        raise ValueError(f"DDIM with {num_steps} steps would sample timestep {steps_out[-1]} "
+                         f"(uniform spacing {c} + 1 >= {num_train_timesteps}); pick another step count")
+    return steps_out
+
+
+def ddim_parameters(alphas_cumprod, timesteps, eta: float):
+    alphacums = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float32))
+    alphas = alphacums[timesteps]
+    alphas_prev = torch.tensor([alphacums[0].item()] + alphacums[timesteps[:-1]].tolist(), dtype=torch.float64)
+    sigmas = eta * torch.sqrt((1 - alphas_prev) / (1 - alphas.double()) * (1 - alphas.double() / alphas_prev))
+    return sigmas.float(), alphas.float(), alphas_prev.float()
+
+
+@torch.no_grad()
+def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 50, eta: float = 0.0,
+                rng: Optional[np.random.RandomState] = None, progress: bool = False, callback=None):
+    ts = ddim_timesteps(steps, len(alphas_cumprod))
+    sigmas, alphas, alphas_prev = ddim_parameters(alphas_cumprod, ts, eta)
+    sqrt_one_minus_alphas = torch.sqrt(1.0 - alphas)
+    if eta > 0 and rng is None:
+        raise ValueError("eta > 0 needs a numpy rng for the per-step noise")
+    img, b = x_T, x_T.shape[0]
+    time_range = np.flip(ts)
+    total = ts.shape[0]
+    for i, step in enumerate(tqdm(time_range, desc="DDIM", disable=not progress)):
+        index = total - i - 1
+        e_t = eps_fn(img, int(step))
+        a_t = torch.full((b, 1, 1, 1), alphas[index].item())
+        a_prev = torch.full((b, 1, 1, 1), alphas_prev[index].item())
+        sigma_t = torch.full((b, 1, 1, 1), sigmas[index].item())
+        sqrt_one_minus_at = torch.full((b, 1, 1, 1), sqrt_one_minus_alphas[index].item())
+        pred_x0 = (img - sqrt_one_minus_at * e_t) / a_t.sqrt()
+        dir_xt = (1.0 - a_prev - sigma_t ** 2).sqrt() * e_t
+        img = a_prev.sqrt() * pred_x0 + dir_xt
+        if sigmas[index] > 0:
+            img = img + sigma_t * torch.from_numpy(rng.standard_normal(tuple(img.shape)).astype(np.float32))
+        if callback is not None:
+            callback(i, img)
+    return img
+
+
+def dpmpp_schedule(alphas_cumprod, steps: int, karras: bool = False):
+    n_train = len(alphas_cumprod)
+    if not 1 <= steps <= n_train:
+        raise ValueError(f"steps must be in [1, {n_train}], got {steps}")
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    sigmas = np.sqrt((1 - ac) / ac)
+    log_sigmas = np.log(sigmas)
+    if karras:
+        rho, ramp = 7.0, np.linspace(0, 1, steps)
+        lo, hi = sigmas[0] ** (1 / rho), sigmas[-1] ** (1 / rho)
+        sig = (hi + ramp * (lo - hi)) ** rho
+        # diffusers' _sigma_to_t
+        log_sigma = np.log(np.maximum(sig, 1e-10))
+        dists = log_sigma - log_sigmas[:, None]
+        low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=n_train - 2)
+        low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
+        w = np.clip((low - log_sigma) / (low - high), 0, 1)
+        timesteps = ((1 - w) * low_idx + w * (low_idx + 1)).round()
+    else:
+        timesteps = np.linspace(0, n_train - 1, steps + 1).round()[::-1][:-1].copy()
+        sig = np.interp(timesteps, np.arange(n_train), sigmas)
+    sig = np.concatenate([sig, [0.0]]).astype(np.float32)
+    return timesteps.astype(np.int64), torch.from_numpy(sig)
+
+
+def _alpha_sigma(sigma):
+    alpha = 1 / ((sigma ** 2 + 1) ** 0.5)
+    return alpha, sigma * alpha
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 20, karras: bool = False,
+                    progress: bool = False, callback=None):
+    timesteps, sigmas = dpmpp_schedule(alphas_cumprod, steps, karras)
+    x, outputs = x_T, []
+    n = len(timesteps)
+    for i in tqdm(range(n), desc="DPM++ 2M", disable=not progress):
+        eps = eps_fn(x, int(timesteps[i]))
+        alpha_s0, sigma_s0 = _alpha_sigma(sigmas[i])
+        x0 = (x - sigma_s0 * eps) / alpha_s0
+        outputs = (outputs + [x0])[-2:]
+        alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
+        lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
+        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
+        h = lambda_t - lambda_s0
+        if i == 0 or i == n - 1:  # first order (the final sigma is 0: x = x0)
+            x = (sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0
+        else:
+            alpha_s1, sigma_s1 = _alpha_sigma(sigmas[i - 1])
+            lambda_s1 = torch.log(alpha_s1) - torch.log(sigma_s1)
+            r0 = (lambda_s0 - lambda_s1) / h
+            m0, m1 = outputs[-1], outputs[-2]
+            d0, d1 = m0, (1.0 / r0) * (m0 - m1)
+            x = ((sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * d0
+                 - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod, steps: int, eta: float = 0.0, rng=None,
+           karras: bool = False, progress: bool = False, callback=None):
+    if name == "ddim":
+        return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback)
+    if name == "dpmpp2m":
+        if eta != 0.0:
+            raise ValueError("dpmpp2m is deterministic: eta must be 0")
+        return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+
+
+def guided_eps_fn(model_fn, context, uncontext=None, scale: float = 1.0, camera=None,
+                  num_frames: int = 1) -> EpsFn:
+    """LDM classifier-free guidance: one call on cat([uncond, cond]), e_u + s (e_c - e_u)."""
+    n = context.shape[0]
+    if uncontext is None or scale == 1.0:
+        return lambda x, t: model_fn(x, torch.full((n,), t, dtype=torch.long), context, camera, num_frames)
+    c_in = torch.cat([uncontext, context])
+    cam_in = None if camera is None else torch.cat([camera, camera])
+
+    def eps_cfg(x, t):
+        out = model_fn(torch.cat([x] * 2), torch.full((2 * n,), t, dtype=torch.long), c_in, cam_in, num_frames)
+        e_u, e_c = out.chunk(2)
+        return e_u + scale * (e_c - e_u)
+    return eps_cfg
