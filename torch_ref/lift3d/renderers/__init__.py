@@ -1,0 +1,2 @@
+from torch_ref.lift3d.renderers.nerf_volume_renderer import NeRFVolumeRenderer  # noqa: F401
+from torch_ref.lift3d.renderers.occupancy_grid import OccupancyGrid  # noqa: F401

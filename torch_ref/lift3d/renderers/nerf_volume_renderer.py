@@ -1,0 +1,215 @@
+"""Static-shape NeRF volume renderer (PyTorch reference; twin of mindspore_impl/.../nerf_volume_renderer.py).
+
+Per ray: box intersection, `num_samples_per_ray` stratified samples (+ optional importance samples drawn by
+inverse CDF from a density-only coarse pass), occupancy-grid pruning (empty cells get zero density), then
+threestudio's compositing. All randomness enters through the `jitter` tensor (B,H,W,S), S = `jitter_samples`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from mindspore_impl.core.config import parse_structured
+from torch_ref.lift3d.renderers.occupancy_grid import OccupancyGrid
+from torch_ref.lift3d.renderers.ray_sampling import (composite_weights, merged_intervals, normalize,
+                                                     ray_box_intersect, sample_pdf, stratified_t, uniform_intervals)
+
+IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "comp_normal")
+
+
+@dataclass
+class Config:
+    radius: float = 1.0
+    num_samples_per_ray: int = 64          # uniform (coarse) samples per ray
+    num_importance_samples: int = 0        # extra inverse-CDF samples per ray; 0 disables the coarse pass
+    randomized: bool = True                # stratified jitter (from the `jitter` input) when training
+    eval_chunk_size: int = 16384           # rays per chunk in render_chunked
+    grid_prune: bool = True
+    prune_alpha_threshold: bool = True     # accepted for upstream configs; static shapes never drop samples
+    grid_resolution: int = 32
+    occ_threshold: float = 0.01
+    occ_ema_decay: float = 0.95
+    occ_update_interval: int = 16
+    occ_step_samples: int = 512            # occupancy alpha uses upstream render_step_size 1.732*2*radius/512
+    return_comp_normal: bool = False
+    return_normal_perturb: bool = False
+
+
+class _SubModules:
+    """Plain holder: the system owns geometry/material/background, the renderer only calls them."""
+
+    def __init__(self, geometry, material, background):
+        self.geometry, self.material, self.background = geometry, material, background
+
+
+def check_config(cfg: Config, geometry, material) -> None:
+    if cfg.return_normal_perturb:
+        raise ValueError("nerf-volume-renderer: return_normal_perturb=True is not supported")
+    if cfg.num_samples_per_ray < 2 or cfg.num_importance_samples < 0:
+        raise ValueError(f"nerf-volume-renderer: need num_samples_per_ray >= 2 and num_importance_samples >= 0, "
+                         f"got {cfg.num_samples_per_ray}, {cfg.num_importance_samples}")
+    if abs(cfg.radius - float(geometry.cfg.radius)) > 1e-6:
+        raise ValueError(f"nerf-volume-renderer: radius {cfg.radius} differs from geometry radius {geometry.cfg.radius}")
+    if material.requires_normal and geometry.cfg.normal_type is None:
+        raise ValueError("nerf-volume-renderer: the material needs normals but geometry.normal_type is None")
+
+
+class NeRFVolumeRenderer(nn.Module):
+    Config = Config
+
+    def __init__(self, cfg, geometry, material, background):
+        super().__init__()
+        self.cfg = parse_structured(Config, cfg, "nerf-volume-renderer")
+        check_config(self.cfg, geometry, material)
+        self.sub_modules = _SubModules(geometry, material, background)
+        self.estimator = OccupancyGrid(self.cfg.radius, self.cfg.grid_resolution)
+        self.occ_step_size = math.sqrt(3.0) * 2.0 * self.cfg.radius / self.cfg.occ_step_samples
+        self.need_normal = geometry.cfg.normal_type is not None and (
+            material.requires_normal or self.cfg.return_comp_normal)
+
+    @property
+    def geometry(self):
+        return self.sub_modules.geometry
+
+    @property
+    def material(self):
+        return self.sub_modules.material
+
+    @property
+    def background(self):
+        return self.sub_modules.background
+
+    @property
+    def jitter_samples(self) -> int:
+        """Last dimension of the `jitter` input."""
+        return self.cfg.num_samples_per_ray + self.cfg.num_importance_samples
+
+    # ---------------------------------------------------------------- sampling
+    def _uniforms(self, jitter: Optional[torch.Tensor], n_rays: int, ref: torch.Tensor):
+        sc, si = self.cfg.num_samples_per_ray, self.cfg.num_importance_samples
+        k = torch.arange(si, dtype=ref.dtype, device=ref.device)
+        if jitter is None or not self.cfg.randomized:
+            return torch.full((n_rays, sc), 0.5, dtype=ref.dtype, device=ref.device), ((k + 0.5) / max(si, 1)).expand(n_rays, si)
+        return jitter[:, :sc], (k + jitter[:, sc:]) / max(si, 1)
+
+    def _occupancy(self, positions: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.grid_prune:
+            return torch.ones_like(positions[:, :1])
+        return self.estimator.occupied(positions)
+
+    def _sample_intervals(self, rays_o, rays_d, near, far, u_c, u_i):
+        """-> t (R,S) sample positions and interval starts/ends (R,S); detached (no gradient through sampling)."""
+        sc = self.cfg.num_samples_per_ray
+        step = (far - near) / sc
+        t_c = stratified_t(near, step, u_c)
+        if self.cfg.num_importance_samples == 0:
+            starts, ends = uniform_intervals(near, step, sc)
+            return t_c, starts, ends
+        with torch.no_grad():
+            pos_c = (rays_o[:, None, :] + rays_d[:, None, :] * t_c[..., None]).reshape(-1, 3)
+            sigma_c = (self.geometry.forward_density(pos_c) * self._occupancy(pos_c)).reshape(t_c.shape)
+            w_c = composite_weights(sigma_c, step.expand_as(t_c))
+            t_i = sample_pdf(near, step, w_c, u_i)
+            t, _ = torch.sort(torch.cat([t_c, t_i], dim=-1), dim=-1)
+            starts, ends = merged_intervals(t, near, far)
+        return t, starts, ends
+
+    # ---------------------------------------------------------------- rendering
+    def render_rays(self, rays_o, rays_d, light_positions, u_c, u_i, bg_rgb, shading="diffuse",
+                    ambient_color=None, diffuse_color=None):
+        """Flat rays (R,3) with per-ray light positions (R,3) and background colours (R,3) -> dict of (R,...) maps
+        and per-sample tensors (R*S,...)."""
+        n_rays = rays_o.shape[0]
+        near, far = ray_box_intersect(rays_o, rays_d, self.cfg.radius)
+        t, starts, ends = self._sample_intervals(rays_o, rays_d, near, far, u_c, u_i)
+        n_s = t.shape[-1]
+        positions = (rays_o[:, None, :] + rays_d[:, None, :] * t[..., None]).reshape(-1, 3)
+        t_dirs = rays_d[:, None, :].expand(n_rays, n_s, 3).reshape(-1, 3)
+        t_light = light_positions[:, None, :].expand(n_rays, n_s, 3).reshape(-1, 3)
+        normal = None
+        if self.need_normal:
+            density, features, normal = self.geometry.forward_with_normal(positions)
+        else:
+            density, features = self.geometry(positions)
+        density = density * self._occupancy(positions)
+        rgb = self.material(features, t_dirs, positions, t_light, normal, shading=shading, ambient_color=ambient_color,
+                            diffuse_color=diffuse_color)
+
+        weights = composite_weights(density.reshape(n_rays, n_s), ends - starts)
+        opacity = weights.sum(dim=-1, keepdim=True)
+        depth = (weights * t).sum(dim=-1, keepdim=True)
+        z_variance = (weights * (t - depth) ** 2).sum(dim=-1, keepdim=True)
+        comp_rgb_fg = (weights[..., None] * rgb.reshape(n_rays, n_s, -1)).sum(dim=1)
+        out = {
+            "comp_rgb": comp_rgb_fg + bg_rgb * (1.0 - opacity),
+            "comp_rgb_fg": comp_rgb_fg,
+            "comp_rgb_bg": bg_rgb,
+            "opacity": opacity,
+            "depth": depth,
+            "z_variance": z_variance,
+            "weights": weights.reshape(-1, 1),
+            "t_points": t.reshape(-1, 1),
+            "t_dirs": t_dirs,
+        }
+        if normal is not None:
+            comp_normal = normalize((weights[..., None] * normal.reshape(n_rays, n_s, 3)).sum(dim=1))
+            out["comp_normal"] = (comp_normal + 1.0) / 2.0 * opacity  # [0,1] for visualisation, as threestudio
+            out["normal"] = normal
+        return out
+
+    def forward(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
+                  ambient_color=None, diffuse_color=None):
+        """rays_o, rays_d (B,H,W,3); light_positions (B,3); jitter (B,H,W,S) in [0,1) or None; bg_aug_color (3,)."""
+        b, h, w, _ = rays_o.shape
+        n_rays = b * h * w
+        bg = self.background(rays_d, bg_aug_color).reshape(n_rays, 3)
+        light = light_positions[:, None, :].expand(b, h * w, 3).reshape(n_rays, 3)
+        flat_jitter = None if jitter is None else jitter.reshape(n_rays, -1)
+        u_c, u_i = self._uniforms(flat_jitter, n_rays, rays_o)
+        out = self.render_rays(rays_o.reshape(n_rays, 3), rays_d.reshape(n_rays, 3), light, u_c, u_i, bg, shading,
+                               ambient_color, diffuse_color)
+        for key in IMAGE_KEYS:
+            if key in out:
+                out[key] = out[key].reshape(b, h, w, -1)
+        return out
+
+    @torch.no_grad()
+    def render_chunked(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
+                       ambient_color=None, diffuse_color=None, chunk_size: Optional[int] = None):
+        """Same image outputs as forward, rendered in fixed-size ray chunks (the last one padded)."""
+        chunk = int(chunk_size or self.cfg.eval_chunk_size)
+        b, h, w, _ = rays_o.shape
+        n_rays = b * h * w
+        light = light_positions[:, None, :].expand(b, h * w, 3).reshape(n_rays, 3)
+        flat_jitter = None if jitter is None else jitter.reshape(n_rays, -1)
+        pad = (-n_rays) % chunk
+
+        def padded(x):
+            return torch.cat([x, x[-1:].expand(pad, *x.shape[1:])], dim=0) if pad else x
+
+        o, d, lp = padded(rays_o.reshape(n_rays, 3)), padded(rays_d.reshape(n_rays, 3)), padded(light)
+        jit = None if flat_jitter is None else padded(flat_jitter)
+        pieces = {}
+        for s in range(0, n_rays + pad, chunk):
+            sl = slice(s, s + chunk)
+            bg = self.background(d[sl].reshape(1, 1, chunk, 3), bg_aug_color).reshape(chunk, 3)
+            u_c, u_i = self._uniforms(None if jit is None else jit[sl], chunk, o)
+            out = self.render_rays(o[sl], d[sl], lp[sl], u_c, u_i, bg, shading,
+                               ambient_color, diffuse_color)
+            for key in IMAGE_KEYS:
+                if key in out:
+                    pieces.setdefault(key, []).append(out[key])
+        return {key: torch.cat(v, dim=0)[:n_rays].reshape(b, h, w, -1) for key, v in pieces.items()}
+
+    # ---------------------------------------------------------------- occupancy grid
+    def update_step(self, global_step: int, rng_seed: int) -> bool:
+        """Host-side occupancy update every `occ_update_interval` steps; returns whether it ran."""
+        if not self.cfg.grid_prune or global_step % self.cfg.occ_update_interval != 0:
+            return False
+        self.estimator.update(self.geometry.forward_density, self.occ_step_size, rng_seed,
+                              self.cfg.occ_ema_decay, self.cfg.occ_threshold)
+        return True
