@@ -1,0 +1,370 @@
+"""Multiview score distillation (MVDream's "multiview-diffusion-guidance"), MindSpore.
+
+One training step (reference mvdream.md, section 4):
+  rgb (B,H,W,3) -> BCHW -> bilinear resize to image_size -> *2-1 -> VAE encode WITH gradient
+  (posterior sample x scale_factor) -> latents (B,4,h,w); one timestep t for the whole batch;
+  x_t = q_sample(latents, t, noise); UNet on [x_t, x_t] with [cond, uncond] contexts, camera
+  normalize_camera(c2w) repeated, num_frames = n_view, no gradient; e = e_u + s (e_c - e_u).
+Losses by `guidance_mode`:
+  "x0":  x0 = predict_start_from_noise(x_t, t, e), optionally std-rescaled per group of n_view views
+         towards x0 from e_c; loss = 0.5 * sum((latents - sg(x0))^2) / B.
+  "sds": grad = (1 - alphas_cumprod[t]) (e - noise); loss = 0.5 * ||latents - sg(latents - grad)||^2 / B
+         (upstream's recon_loss=False branch crashes on an undefined alphas_cumprod).
+  "sjc": sigma = sqrt((1 - a_t)/a_t); z = y + sigma noise; e = CFG UNet(z / sqrt(1 + sigma^2), t);
+         D = z - sigma e; grad = (y - D) / sigma; same surrogate loss, so a descent step moves y to D.
+`grad_clip` (a scheduled value) clamps the per-element latent gradient in every mode.
+
+Everything random (t, noise, the VAE posterior noise) enters `construct` as a tensor, so the whole
+renderer-output -> loss path runs inside one GRAPH-mode training step. Host-side helpers
+(`update_step`, `sample_inputs`) turn the schedules and an explicit numpy Generator into those tensors.
+
+The UNet, VAE (and the text encoder, which lives in the prompt processor) are frozen: their parameters
+have requires_grad=False, `trainable_params()` is empty, and training checkpoints must not contain them
+(systems save `trainable_params()` of their own modules; `checkpoint_exclude_prefixes()` names them).
+
+Twin: torch_ref/lift3d/guidance/multiview_diffusion_guidance.py.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from mindspore_impl.core.registry import register
+from mindspore_impl.core.schedule import C, check_schedules
+from mindspore_impl.mvdream.cameras import normalize_camera
+from mindspore_impl.mvdream.schedule import NoiseSchedule
+
+GUIDANCE_MODES = ("x0", "sds", "sjc")
+CHECKPOINT_URL = "https://huggingface.co/MVDream/MVDream"
+DEFAULT_MODEL_CONFIGS = {"sd-v2.1-base-4view": "configs/sd-v2-base.yaml"}
+
+
+@dataclass
+class Config:
+    model_name: str = "sd-v2.1-base-4view"
+    ckpt_path: Optional[str] = None  # converted checkpoint (python -m convert.pt2ms ...)
+    config_path: Optional[str] = None  # original model YAML; default from model_name
+    guidance_scale: float = 50.0
+    grad_clip: Optional[Any] = None  # scheduled value, e.g. [0, 2.0, 8.0, 1000]
+    half_precision_weights: bool = False  # fp16 UNet weights (norms fp32); VAE and SDS math fp32
+    min_step_percent: Any = 0.02  # scheduled value, MVDream: [0, 0.98, 0.02, 8000]
+    max_step_percent: Any = 0.98  # scheduled value, MVDream: [0, 0.98, 0.50, 8000]
+    camera_condition_type: str = "rotation"
+    view_dependent_prompting: bool = False
+    n_view: int = 4
+    image_size: int = 256
+    recon_loss: bool = True  # upstream switch: x0 (True) or plain SDS (False)
+    recon_std_rescale: float = 0.5
+    guidance_mode: Optional[str] = None  # "x0" | "sds" | "sjc"; null: from recon_loss
+
+
+class GuidanceError(ValueError):
+    """A guidance config or checkpoint problem found before any work starts."""
+
+
+# ---------------------------------------------------------------- host-side (no framework) helpers
+
+def resolve_mode(cfg: Config) -> str:
+    mode = cfg.guidance_mode if cfg.guidance_mode is not None else ("x0" if cfg.recon_loss else "sds")
+    if mode not in GUIDANCE_MODES:
+        raise GuidanceError(f"guidance_mode must be one of {GUIDANCE_MODES}, got {mode!r}")
+    return mode
+
+
+def check_config(cfg: Config) -> str:
+    """Validate what does not need the checkpoint; returns the guidance mode."""
+    mode = resolve_mode(cfg)
+    check_schedules([cfg.min_step_percent, cfg.max_step_percent]
+                    + ([cfg.grad_clip] if cfg.grad_clip is not None else []))
+    if cfg.camera_condition_type != "rotation":
+        raise GuidanceError(f"camera_condition_type {cfg.camera_condition_type!r} is not supported "
+                            "(MVDream checkpoints use 'rotation')")
+    if cfg.n_view < 1:
+        raise GuidanceError(f"n_view must be >= 1, got {cfg.n_view}")
+    if not 0.0 <= cfg.recon_std_rescale <= 1.0:
+        raise GuidanceError(f"recon_std_rescale must be in [0, 1], got {cfg.recon_std_rescale}")
+    return mode
+
+
+def missing_checkpoint_message(path: Optional[str], model_name: str) -> str:
+    src = f"{model_name}.pt"
+    dst = path or f"checkpoints/{model_name}.ckpt"
+    cfg = DEFAULT_MODEL_CONFIGS.get(model_name, "configs/sd-v2-base.yaml")
+    where = f"the MVDream checkpoint {path!r} does not exist" if path else \
+        "no MVDream checkpoint given (system.guidance.ckpt_path is null)"
+    return (f"{where}.\n  Download the original {src} (~5 GB) from {CHECKPOINT_URL} and convert it:\n"
+            f"    python -m convert.pt2ms --src {src} --dst {dst} --config {cfg}\n"
+            f"  then set system.guidance.ckpt_path={dst}")
+
+
+def check_checkpoint(cfg: Config) -> tuple[str, str]:
+    """(ckpt_path, config_path) after checking both files exist; clear error otherwise."""
+    if not cfg.ckpt_path or not os.path.isfile(cfg.ckpt_path):
+        raise GuidanceError(missing_checkpoint_message(cfg.ckpt_path, cfg.model_name))
+    config_path = cfg.config_path or DEFAULT_MODEL_CONFIGS.get(cfg.model_name)
+    if config_path is None:
+        raise GuidanceError(f"no config_path given and no default config for model_name {cfg.model_name!r} "
+                            f"(known: {sorted(DEFAULT_MODEL_CONFIGS)})")
+    if not os.path.isfile(config_path):
+        raise GuidanceError(f"the model config {config_path!r} does not exist (the original YAML the "
+                            f"checkpoint was trained with, e.g. configs/sd-v2-base.yaml)")
+    return cfg.ckpt_path, config_path
+
+
+def step_range(cfg: Config, num_train_timesteps: int, global_step: int) -> tuple[int, int]:
+    """(min_step, max_step) for this step, as threestudio's set_min_max_steps."""
+    min_pct = C(cfg.min_step_percent, global_step)
+    max_pct = C(cfg.max_step_percent, global_step)
+    return int(num_train_timesteps * min_pct), int(num_train_timesteps * max_pct)
+
+
+class GuidanceSchedule:
+    """The host-side state of a guidance: step range and grad clip for the current global step."""
+
+    def __init__(self, cfg: Config, num_train_timesteps: int):
+        self.cfg = cfg
+        self.num_train_timesteps = num_train_timesteps
+        self.update(0)
+
+    def update(self, global_step: int) -> None:
+        self.global_step = int(global_step)
+        self.min_step, self.max_step = step_range(self.cfg, self.num_train_timesteps, global_step)
+        if not 0 <= self.min_step <= self.max_step < self.num_train_timesteps:
+            raise GuidanceError(f"bad timestep range [{self.min_step}, {self.max_step}] at step {global_step} "
+                                f"(num_train_timesteps {self.num_train_timesteps})")
+        self.grad_clip_val = (None if self.cfg.grad_clip is None
+                              else float(C(self.cfg.grad_clip, global_step)))
+
+    def sample_timestep(self, rng: np.random.Generator) -> np.ndarray:
+        """One timestep for the whole batch, uniform on [min_step, max_step]: int32 array (1,)."""
+        return np.array([rng.integers(self.min_step, self.max_step + 1)], dtype=np.int32)
+
+
+def sample_inputs(schedule: GuidanceSchedule, rng: np.random.Generator, batch_size: int,
+                  latent_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """The random inputs of one guidance step from an explicit Generator (same numbers for both frameworks)."""
+    t = schedule.sample_timestep(rng)
+    noise = rng.standard_normal((batch_size,) + tuple(latent_shape)).astype(np.float32)
+    vae_noise = rng.standard_normal((batch_size,) + tuple(latent_shape)).astype(np.float32)
+    return {"t": t, "noise": noise, "vae_noise": vae_noise}
+
+
+# ---------------------------------------------------------------- in-graph math
+
+def camera_condition(c2w):
+    """normalize_camera(c2w) flattened: translation scaled to unit norm (+1e-8), (B,4,4) -> (B,16)."""
+    return normalize_camera(c2w)
+
+
+def group_std(x, n_view: int):
+    """Unbiased std over each group of n_view consecutive samples: (B,...) -> (B/n_view, 1)."""
+    g = x.reshape(x.shape[0] // n_view, -1)
+    n = g.shape[1]
+    mean = g.mean(axis=1, keep_dims=True)
+    return ops.sqrt(((g - mean) ** 2).sum(axis=1, keepdims=True) / (n - 1))
+
+
+def recon_std_factor(x0_nocfg, x0, n_view: int):
+    """(std(x0_nocfg) + 1e-8) / (std(x0) + 1e-8) per object of n_view views: (B/n_view, 1)."""
+    return (group_std(x0_nocfg, n_view) + 1e-8) / (group_std(x0, n_view) + 1e-8)
+
+
+def rescale_x0(x0, x0_nocfg, n_view: int, r: float):
+    """x0 <- r (x0 * factor) + (1 - r) x0 (section 4, step 6), factor shared by an object's views."""
+    factor = recon_std_factor(x0_nocfg, x0, n_view)
+    scaled = (x0.reshape(x0.shape[0] // n_view, -1) * factor).reshape(x0.shape)
+    return r * scaled + (1.0 - r) * x0
+
+
+def surrogate_loss(latents, grad, batch_size: int):
+    """0.5 ||z - sg(z - grad)||^2 / B: its gradient w.r.t. z is grad / B."""
+    target = ops.stop_gradient(latents - grad)
+    return 0.5 * ((latents - target) ** 2).sum() / batch_size
+
+
+def clip_grad(grad, clip_val):
+    grad = ops.clamp(grad, -clip_val, clip_val)
+    return ops.where(ops.isfinite(grad), grad, ops.zeros_like(grad))
+
+
+# ---------------------------------------------------------------- the guidance cell
+
+def load_frozen_models(ckpt_path: str, config_path: str, names=("unet", "vae"),
+                       half_precision: bool = False) -> tuple[dict, dict]:
+    """Build the named sub-models from the original YAML and load them strictly from the converted
+    checkpoint: ({name: cell}, model.params). Names: unet, vae, text_encoder.
+    half_precision: the UNet is built with use_fp16 (Dense/Conv weights fp16, norms fp32, fp32 output);
+    the VAE stays fp32 (the rendered image's gradient flows through it)."""
+    from convert.keymaps import load_model_config
+    from mindspore_impl.core.checkpoint import load_state_dict, read_params
+    from mindspore_impl.mvdream import pipeline, text_encoder, unet, vae
+    parts = {"unet": (unet, "unet_config", pipeline.UNET_PREFIX),
+             "vae": (vae, "first_stage_config", pipeline.VAE_PREFIX),
+             "text_encoder": (text_encoder, "cond_stage_config", pipeline.TEXT_PREFIX)}
+    model_params = load_model_config(config_path)
+    state = read_params(ckpt_path)
+    models = {}
+    for name in names:
+        module, key, prefix = parts[name]
+        params = dict(model_params[key]["params"])
+        if name == "unet" and half_precision:
+            params["use_fp16"] = True
+        cell = module.build_from_config(params)
+        load_state_dict(cell, {k: v for k, v in state.items() if k.startswith(prefix)}, prefix,
+                        strict=True, what=f"{ckpt_path} ({name}, prefix '{prefix}')")
+        cell.set_train(False)
+        models[name] = cell
+    return models, model_params
+
+
+class MultiviewDiffusionGuidance(nn.Cell):
+    """construct(rgb (B,H,W,3), c2w (B,4,4), text_embeddings (2B,77,C) [cond x B, uncond x B],
+    t (1,) int32, noise (B,4,h,w), vae_noise (B,4,h,w)) -> (loss_sds, grad_norm).
+    B is a multiple of n_view (views of one object contiguous); grad_norm = ||grad|| of the per-latent
+    gradient before the 1/B of the loss (e.g. ||latents - x0|| in x0 mode).
+
+    Build with `from_config(cfg)` (loads the converted checkpoint) or directly with frozen models.
+    """
+
+    def __init__(self, cfg: Config, unet: nn.Cell, vae: nn.Cell, noise_schedule: nn.Cell,
+                 scale_factor: float = 0.18215):
+        super().__init__()
+        self.cfg = cfg
+        self.mode = check_config(cfg)
+        self.unet = unet
+        self.vae = vae
+        self.noise_schedule = noise_schedule
+        self.scale_factor = float(scale_factor)
+        self.n_view = int(cfg.n_view)
+        self.image_size = int(cfg.image_size)
+        self.guidance_scale = float(cfg.guidance_scale)
+        self.recon_std_rescale = float(cfg.recon_std_rescale)
+        self.num_train_timesteps = int(noise_schedule.num_timesteps)
+        self.alphas_cumprod = ms.Tensor(noise_schedule.alphas_cumprod_np.astype(np.float32))
+        self.schedule = GuidanceSchedule(cfg, self.num_train_timesteps)
+        # whether to clip is static; the (scheduled) bound is a frozen Parameter, so a new value
+        # set by update_step reaches a compiled graph without recompiling it
+        self.use_grad_clip = cfg.grad_clip is not None
+        self.grad_clip_bound = ms.Parameter(ms.Tensor(0.0, ms.float32), name="grad_clip_bound",
+                                            requires_grad=False)
+        self._freeze()
+        self.update_step(0)
+
+    @classmethod
+    def from_config(cls, cfg_dict: Any) -> "MultiviewDiffusionGuidance":
+        from mindspore_impl.core.config import parse_structured
+        cfg = parse_structured(Config, cfg_dict, "multiview-diffusion-guidance")
+        check_config(cfg)
+        ckpt_path, config_path = check_checkpoint(cfg)
+        models, model_params = load_frozen_models(ckpt_path, config_path, ("unet", "vae"),
+                                                  half_precision=cfg.half_precision_weights)
+        schedule = NoiseSchedule(int(model_params.get("timesteps", 1000)),
+                                 float(model_params.get("linear_start", 0.00085)),
+                                 float(model_params.get("linear_end", 0.0120)))
+        return cls(cfg, models["unet"], models["vae"], schedule,
+                   float(model_params.get("scale_factor", 0.18215)))
+
+    def _freeze(self) -> None:
+        for p in self.get_parameters():
+            p.requires_grad = False
+
+    def set_weights_dtype(self, dtype) -> None:
+        """Low-precision frozen UNet (ms.float16 / ms.bfloat16): Dense/Conv weights cast, norms kept fp32,
+        output fp32 (the UNet's own use_fp16 rule). The VAE stays fp32: the image gradient flows through it."""
+        self.unet.dtype = dtype
+        self.unet._cast_weights(dtype)
+
+    @staticmethod
+    def checkpoint_exclude_prefixes() -> tuple[str, ...]:
+        """Attribute names of the frozen models: never written to training checkpoints."""
+        return ("unet.", "vae.", "grad_clip_bound")
+
+    # -- host side
+    def update_step(self, global_step: int, epoch: int = 0, on_load_weights: bool = False) -> None:
+        """Recompute min/max step (timestep annealing) and grad clip for `global_step`."""
+        self.schedule.update(global_step)
+        if self.use_grad_clip:
+            self.grad_clip_bound.set_data(ms.Tensor(self.schedule.grad_clip_val, ms.float32))
+
+    @property
+    def grad_clip_val(self) -> Optional[float]:
+        return self.schedule.grad_clip_val
+
+    @property
+    def min_step(self) -> int:
+        return self.schedule.min_step
+
+    @property
+    def max_step(self) -> int:
+        return self.schedule.max_step
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latents for image_size (VAE downsampling from its config)."""
+        down = 2 ** (len(self.vae.encoder.down) - 1)
+        channels = self.vae.embed_dim
+        return (channels, self.image_size // down, self.image_size // down)
+
+    def sample_inputs(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+        return sample_inputs(self.schedule, rng, batch_size, self.latent_shape())
+
+    # -- in graph
+    def encode_images(self, rgb, vae_noise):
+        """(B,H,W,3) in [0,1] -> latents (B,4,h,w), differentiable w.r.t. rgb."""
+        x = rgb.transpose(0, 3, 1, 2)
+        if x.shape[2] != self.image_size or x.shape[3] != self.image_size:
+            x = ops.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                align_corners=False)
+        x = x * 2.0 - 1.0
+        return self.vae.encode_sample(x, vae_noise) * self.scale_factor
+
+    def predict_noise(self, x_in, timesteps, text_embeddings, camera):
+        """CFG noise prediction, no gradient: returns (e_cfg, e_cond)."""
+        x2 = ops.concat((x_in, x_in), axis=0)
+        t2 = ops.concat((timesteps, timesteps), axis=0)
+        cam2 = ops.concat((camera, camera), axis=0)
+        # the UNet casts its inputs to its weight dtype and returns float32
+        eps = self.unet(x2, t2, text_embeddings, cam2, self.n_view).astype(ms.float32)
+        eps = ops.stop_gradient(eps)
+        b = x_in.shape[0]
+        e_c, e_u = eps[:b], eps[b:]
+        return e_u + self.guidance_scale * (e_c - e_u), e_c
+
+    def construct(self, rgb, c2w, text_embeddings, t, noise, vae_noise):
+        latents = self.encode_images(rgb, vae_noise)
+        b = latents.shape[0]
+        y = ops.stop_gradient(latents)
+        camera = ops.stop_gradient(camera_condition(c2w))
+        timesteps = ops.tile(t.astype(ms.int32), (b,))
+        a_t = ops.gather(self.alphas_cumprod, t.astype(ms.int32), 0).reshape(1, 1, 1, 1)
+        if self.mode == "sjc":
+            sigma = ops.sqrt((1.0 - a_t) / a_t)
+            z = y + sigma * noise
+            e, _ = self.predict_noise(z / ops.sqrt(1.0 + sigma * sigma), timesteps, text_embeddings, camera)
+            denoised = z - sigma * e
+            grad = (y - denoised) / sigma
+        else:
+            x_t = self.noise_schedule.q_sample(y, timesteps, noise)
+            e, e_c = self.predict_noise(x_t, timesteps, text_embeddings, camera)
+            if self.mode == "x0":
+                x0 = self.noise_schedule.predict_start_from_noise(x_t, timesteps, e)
+                if self.recon_std_rescale > 0:
+                    x0_nocfg = self.noise_schedule.predict_start_from_noise(x_t, timesteps, e_c)
+                    x0 = rescale_x0(x0, x0_nocfg, self.n_view, self.recon_std_rescale)
+                grad = y - x0
+            else:
+                grad = (1.0 - a_t) * (e - noise)
+        if self.use_grad_clip:
+            grad = clip_grad(grad, self.grad_clip_bound)
+        grad = ops.stop_gradient(grad)
+        # x0 mode without clipping: equals 0.5 * sum((latents - sg(x0))^2) / B, value included
+        loss = surrogate_loss(latents, grad, b)
+        grad_norm = ops.sqrt((grad * grad).sum())
+        return loss, grad_norm
+
+
+register("multiview-diffusion-guidance")(MultiviewDiffusionGuidance)

@@ -1,0 +1,3 @@
+"""Prompt processors (registered: "mvdream-prompt-processor", "stable-diffusion-prompt-processor")."""
+from mindspore_impl.lift3d.prompt_processors.prompt_processor import (  # noqa: F401
+    DEFAULT_NEGATIVE_PROMPT, PromptError, PromptProcessor, PromptProcessorOutput)
