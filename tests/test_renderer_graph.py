@@ -4,11 +4,11 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from tests.parity import assert_parity
-from mindspore_impl.lift3d.renderers import NeRFVolumeRenderer
-from mindspore_impl.lift3d.renderers.nerf_volume_renderer import make_jitter
+from mindspore_impl.lift3d.background.neural_environment_map import NeuralEnvironmentMapBackground
 from mindspore_impl.lift3d.geometry.implicit_volume import ImplicitVolume
 from mindspore_impl.lift3d.materials.no_material import NoMaterial
-from mindspore_impl.lift3d.background.neural_environment_map import NeuralEnvironmentMapBackground
+from mindspore_impl.lift3d.renderers import NeRFVolumeRenderer
+from mindspore_impl.lift3d.spec.nerf_volume_renderer import make_jitter
 
 GEOMETRY = {"radius": 1.0, "normal_type": "analytic",
             "pos_encoding_config": {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2,

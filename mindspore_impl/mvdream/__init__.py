@@ -1,9 +1,35 @@
-from mindspore_impl.mvdream.unet import MultiViewUNetModel  # noqa: F401
-from mindspore_impl.mvdream.text_encoder import TextTransformer  # noqa: F401
-from mindspore_impl.mvdream.tokenizer import CLIPTokenizer, load_tokenizer  # noqa: F401
-from mindspore_impl.mvdream.vae import AutoencoderKL  # noqa: F401
-from mindspore_impl.mvdream.schedule import NoiseSchedule, make_alphas_cumprod  # noqa: F401
-from mindspore_impl.mvdream.cameras import get_camera, normalize_camera  # noqa: F401
-from mindspore_impl.mvdream.samplers import guided_eps_fn, sample_ddim, sample_dpmpp_2m  # noqa: F401
-from mindspore_impl.mvdream.sliding_window import sliding_window_eps_fn, window_indices  # noqa: F401
-from mindspore_impl.mvdream.pipeline import MVDreamPipeline  # noqa: F401
+"""Multiview diffusion (MindSpore). Public names load on first use (PEP 562), so importing a
+framework-neutral submodule such as unet_spec does not import MindSpore."""
+import importlib
+
+_EXPORTS = {
+    "MultiViewUNetModel": "unet",
+    "TextTransformer": "text_encoder",
+    "CLIPTokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "AutoencoderKL": "vae",
+    "NoiseSchedule": "schedule",
+    "make_alphas_cumprod": "schedule",
+    "get_camera": "cameras",
+    "normalize_camera": "cameras",
+    "guided_eps_fn": "samplers",
+    "sample_ddim": "samplers",
+    "sample_dpmpp_2m": "samplers",
+    "sliding_window_eps_fn": "sliding_window",
+    "window_indices": "sliding_window_spec",
+    "MVDreamPipeline": "pipeline",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

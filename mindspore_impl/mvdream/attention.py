@@ -9,6 +9,7 @@ from mindspore import nn, ops
 
 from mindspore_impl.core.device import is_ascend
 from mindspore_impl.mvdream.nn_util import LayerNorm32, conv2d, dense, transformer_norm
+from mindspore_impl.mvdream.unet_spec import transformer_dims
 
 
 def attention_backend(head_dim: int) -> str:
@@ -116,12 +117,7 @@ class SpatialTransformer3D(nn.Cell):
 
     def __init__(self, in_channels, n_heads, d_head, depth=1, dropout=0.0, context_dim=None, use_linear=False):
         super().__init__()
-        context_dims = context_dim if isinstance(context_dim, (list, tuple)) else [context_dim] * depth
-        if len(context_dims) != depth:
-            raise ValueError(f"context_dim list {context_dims} must have one entry per transformer block ({depth})")
-        inner_dim = n_heads * d_head
-        if use_linear and inner_dim != in_channels:
-            raise ValueError(f"use_linear_in_transformer needs heads x head_dim == channels, got {inner_dim} vs {in_channels}")
+        context_dims, inner_dim = transformer_dims(in_channels, n_heads, d_head, depth, context_dim, use_linear)
         self.norm = transformer_norm(in_channels)
         self.proj_in = dense(in_channels, inner_dim) if use_linear else conv2d(in_channels, inner_dim, 1)
         self.transformer_blocks = nn.CellList([

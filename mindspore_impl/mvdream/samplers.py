@@ -19,22 +19,9 @@ import numpy as np
 from mindspore import ops
 from tqdm import tqdm
 
+from mindspore_impl.mvdream.samplers_spec import check_sampler, ddim_timesteps
+
 EpsFn = Callable[[ms.Tensor, int], ms.Tensor]
-SAMPLERS = ("ddim", "dpmpp2m")
-
-
-# ----------------------------------------------------------------------------- DDIM
-def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """LDM "uniform" discretization: range(0, T, T // S) + 1 (ascending, int64)."""
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    c = num_train_timesteps // num_steps
-    steps_out = np.asarray(list(range(0, num_train_timesteps, c)), dtype=np.int64) + 1
-    # like upstream, S that does not divide T gives ceil(T / c) steps; a last step at T is invalid
-    if steps_out[-1] >= num_train_timesteps:
-        raise ValueError(f"DDIM with {num_steps} steps would sample timestep {steps_out[-1]} "
-                         f"(uniform spacing {c} + 1 >= {num_train_timesteps}); pick another step count")
-    return steps_out
 
 
 def ddim_parameters(alphas_cumprod: np.ndarray, timesteps: np.ndarray, eta: float):
@@ -156,13 +143,10 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int =
 def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int, eta: float = 0.0,
            rng=None, karras: bool = False, progress: bool = False, callback=None):
     """Dispatch by sampler name ("ddim" | "dpmpp2m")."""
+    check_sampler(name, eta)
     if name == "ddim":
         return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback)
-    if name == "dpmpp2m":
-        if eta != 0.0:
-            raise ValueError("dpmpp2m is deterministic: eta must be 0")
-        return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+    return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
 
 
 # ----------------------------------------------------------------------------- guidance

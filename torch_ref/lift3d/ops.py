@@ -5,44 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-# Real SH basis, tinycudann `sh_enc` (include/tiny-cuda-nn/common_device.h) bands 0..2.
-_C0 = 0.28209479177387814
-_C1 = 0.48860251190291987
-_C2_XY = 1.0925484305920792
-_C2_ZZ = 0.94617469575755997
-_C2_ZZ_OFF = 0.31539156525251999
-_C2_XX_YY = 0.54627421529603959
+from mindspore_impl.lift3d.spec.ops import ACTIVATIONS, SH_C0, TRUNC_EXP_MAX, check_sh_degree, sh_higher_terms
 
 
 def sh_encode(x01: torch.Tensor, degree: int = 3) -> torch.Tensor:
     """tcnn "SphericalHarmonics" encoding: (..., 3) in [0, 1] -> (..., degree**2) (tcnn maps x*2-1 first)."""
-    if degree not in (1, 2, 3):
-        raise ValueError(f"sh_encode supports degree 1..3, got {degree}")
+    check_sh_degree(degree)
     d = x01 * 2.0 - 1.0
     x, y, z = d[..., 0:1], d[..., 1:2], d[..., 2:3]
-    out = [torch.ones_like(x) * _C0]
-    if degree >= 2:
-        out += [-_C1 * y, _C1 * z, -_C1 * x]
-    if degree >= 3:
-        out += [
-            _C2_XY * x * y,
-            -_C2_XY * y * z,
-            _C2_ZZ * z * z - _C2_ZZ_OFF,
-            -_C2_XY * x * z,
-            _C2_XX_YY * x * x - _C2_XX_YY * y * y,
-        ]
+    out = [torch.ones_like(x) * SH_C0] + sh_higher_terms(x, y, z, degree)
     return torch.cat(out, dim=-1)
-
-
-TRUNC_EXP_MAX = 15.0
-ACTIVATIONS = ("none", "sigmoid", "tanh", "relu", "softplus", "shifted_softplus", "exp", "trunc_exp")
-
-
-def check_activation(name) -> str:
-    key = "none" if name is None else str(name).lower()
-    if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
-    return key
 
 
 class _TruncExp(Function):

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from mindspore_impl.mvdream.unet_spec import transformer_dims
 from torch_ref.mvdream.nn_util import LayerNorm32, transformer_norm, zero_module
 
 
@@ -95,13 +96,7 @@ class SpatialTransformer3D(nn.Module):
     def __init__(self, in_channels, n_heads, d_head, depth=1, dropout=0.0, context_dim=None,
                  use_linear=False, use_checkpoint=False):
         super().__init__()
-        context_dims = context_dim if isinstance(context_dim, (list, tuple)) else [context_dim] * depth
-        if len(context_dims) != depth:
-            raise ValueError(f"context_dim list {context_dims} must have one entry per transformer block ({depth})")
-        inner_dim = n_heads * d_head
-        if use_linear and inner_dim != in_channels:
-            # upstream builds proj_out as Linear(in_channels, inner_dim): only consistent when equal
-            raise ValueError(f"use_linear_in_transformer needs heads x head_dim == channels, got {inner_dim} vs {in_channels}")
+        context_dims, inner_dim = transformer_dims(in_channels, n_heads, d_head, depth, context_dim, use_linear)
         self.norm = transformer_norm(in_channels)
         if use_linear:
             self.proj_in = nn.Linear(in_channels, inner_dim)

@@ -12,20 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mindspore_impl.mvdream.samplers_spec import check_sampler, ddim_timesteps
+
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
-SAMPLERS = ("ddim", "dpmpp2m")
-
-
-def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    c = num_train_timesteps // num_steps
-    steps_out = np.asarray(list(range(0, num_train_timesteps, c))) + 1
-    # like upstream, S that does not divide T gives ceil(T / c) steps; a last step at T is invalid
-    if steps_out[-1] >= num_train_timesteps:
-        raise ValueError(f"DDIM with {num_steps} steps would sample timestep {steps_out[-1]} "
-                         f"(uniform spacing {c} + 1 >= {num_train_timesteps}); pick another step count")
-    return steps_out
 
 
 def ddim_parameters(alphas_cumprod, timesteps, eta: float):
@@ -126,13 +115,10 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 20, karras:
 
 def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod, steps: int, eta: float = 0.0, rng=None,
            karras: bool = False, progress: bool = False, callback=None):
+    check_sampler(name, eta)
     if name == "ddim":
         return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback)
-    if name == "dpmpp2m":
-        if eta != 0.0:
-            raise ValueError("dpmpp2m is deterministic: eta must be 0")
-        return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+    return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
 
 
 def guided_eps_fn(model_fn, context, uncontext=None, scale: float = 1.0, camera=None,

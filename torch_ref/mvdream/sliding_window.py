@@ -5,21 +5,7 @@ from typing import Optional
 
 import torch
 
-DEFAULT_WINDOW = 3
-
-
-def window_indices(n: int, num_views: int, window: Optional[int] = DEFAULT_WINDOW) -> tuple[int, ...]:
-    if not 0 <= n < num_views:
-        raise ValueError(f"view {n} out of range for {num_views} views")
-    if window is None or window >= num_views:
-        return tuple(range(num_views))
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if window == 1:
-        return (n,)
-    if n < window - 1:
-        return tuple(range(n + 1))
-    return tuple(range(n - window + 2, n + 1)) + (0,)
+from mindspore_impl.mvdream.sliding_window_spec import DEFAULT_WINDOW, window_indices
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Parameter names are open_clip's (the checkpoint's `cond_stage_model.model.*`); the attention is
 torch.nn.MultiheadAttention itself, so the packed in_proj layout is the original one.
-The config schema (arch name or explicit dims, layer) lives in mindspore_impl/mvdream/text_encoder.py.
+The config schema (arch name or explicit dims, layer) lives in mindspore_impl/mvdream/text_encoder_spec.py.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mindspore_impl.mvdream.text_encoder import ARCHS, LAYERS, TextArch, causal_mask, parse_config  # noqa: F401
+from mindspore_impl.mvdream.text_encoder_spec import TextArch, causal_mask, check_layer, parse_config
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -44,8 +44,7 @@ class TextTransformer(nn.Module):
 
     def __init__(self, arch: TextArch, layer: str = "penultimate"):
         super().__init__()
-        if layer not in LAYERS:
-            raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+        check_layer(layer)
         self.arch = arch
         self.layer = layer
         self.token_embedding = nn.Embedding(arch.vocab_size, arch.width)

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# One config schema for both frameworks (the product owns it).
-from mindspore_impl.mvdream.vae import AutoencoderKLConfig, DDConfig, parse_config  # noqa: F401
+from mindspore_impl.mvdream.vae_spec import DDConfig, parse_config
 
 
 def Normalize(channels: int) -> nn.GroupNorm:

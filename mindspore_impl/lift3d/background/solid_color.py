@@ -2,25 +2,15 @@
 Twin: torch_ref/lift3d/background/solid_color.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
 
-from mindspore_impl.core.config import parse_structured
 from mindspore_impl.core.registry import register
 from mindspore_impl.lift3d.background.neural_environment_map import broadcast_color
-
-
-@dataclass
-class SolidColorBackgroundConfig:
-    n_output_dims: int = 3
-    color: Tuple[float, ...] = (1.0, 1.0, 1.0)
-    learned: bool = False
-    random_aug: bool = False
-    random_aug_prob: float = 0.5
+from mindspore_impl.lift3d.spec.background import SolidColorBackgroundConfig, draw_aug_colors, parse_solid_color_config
 
 
 @register("solid-color-background")
@@ -29,9 +19,7 @@ class SolidColorBackground(nn.Cell):
 
     def __init__(self, cfg: Any = None) -> None:
         super().__init__()
-        self.cfg = parse_structured(SolidColorBackgroundConfig, cfg, "solid-color-background")
-        if len(self.cfg.color) != self.cfg.n_output_dims:
-            raise ValueError(f"color {list(self.cfg.color)} must have n_output_dims={self.cfg.n_output_dims} values")
+        self.cfg = parse_solid_color_config(cfg)
         self.n_output_dims = self.cfg.n_output_dims
         # a buffer in torch when not learned: kept in the state dict either way
         self.env_color = Parameter(ms.Tensor(np.asarray(self.cfg.color, np.float32)), name="env_color",
@@ -39,9 +27,7 @@ class SolidColorBackground(nn.Cell):
 
     def draw_aug(self, rng: np.random.Generator, batch_size: int, training: bool = True) -> Optional[np.ndarray]:
         """Host-side: with probability random_aug_prob a random colour per image, (batch_size, n)."""
-        if training and self.cfg.random_aug and rng.random() < self.cfg.random_aug_prob:
-            return rng.random((batch_size, self.n_output_dims)).astype(np.float32)
-        return None
+        return draw_aug_colors(rng, self.cfg, batch_size, training)
 
     def construct(self, dirs, aug_color=None):
         """dirs (B, ..., 3) -> (B, ..., n); aug_color (n,) or (B, n) replaces the colour when given."""

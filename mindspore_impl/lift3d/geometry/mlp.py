@@ -5,32 +5,11 @@ Twin: torch_ref/lift3d/geometry/mlp.py. Activations are chosen by a name string 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 from mindspore import nn
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.lift3d.ops import activate, check_activation
-
-
-@dataclass
-class MLPConfig:
-    otype: str = "VanillaMLP"
-    activation: str = "ReLU"
-    output_activation: Optional[str] = None
-    n_neurons: int = 64
-    n_hidden_layers: int = 1
-
-
-def parse_mlp_config(cfg) -> MLPConfig:
-    parsed = parse_structured(MLPConfig, cfg, where="mlp_network_config")
-    if parsed.otype != "VanillaMLP":
-        raise ValueError(f"mlp_network_config.otype must be 'VanillaMLP', got '{parsed.otype}'")
-    if parsed.activation != "ReLU":
-        raise ValueError(f"VanillaMLP uses ReLU, got activation '{parsed.activation}'")
-    check_activation(parsed.output_activation)
-    return parsed
+from mindspore_impl.lift3d.ops import activate
+from mindspore_impl.lift3d.spec.mlp import layer_dims, parse_mlp_config
+from mindspore_impl.lift3d.spec.ops import check_activation
 
 
 class VanillaMLP(nn.Cell):
@@ -39,7 +18,7 @@ class VanillaMLP(nn.Cell):
     def __init__(self, dim_in: int, dim_out: int, config):
         super().__init__()
         c = parse_mlp_config(config)
-        dims = [dim_in] + [c.n_neurons] * c.n_hidden_layers + [dim_out]
+        dims = layer_dims(dim_in, dim_out, c)
         cells = []
         for i in range(len(dims) - 1):
             cells.append(nn.Dense(dims[i], dims[i + 1], has_bias=False))

@@ -3,8 +3,7 @@ or a small MLP first when input_feature_dims and mlp_network_config are set.
 Twin: torch_ref/lift3d/materials/no_material.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from mindspore import nn, ops
 
@@ -12,14 +11,7 @@ from mindspore_impl.core.config import parse_structured
 from mindspore_impl.core.registry import register
 from mindspore_impl.lift3d.geometry.mlp import get_mlp
 from mindspore_impl.lift3d.ops import activate
-
-
-@dataclass
-class NoMaterialConfig:
-    n_output_dims: int = 3
-    color_activation: str = "sigmoid"
-    input_feature_dims: Optional[int] = None
-    mlp_network_config: Optional[dict] = None
+from mindspore_impl.lift3d.spec.materials import NoMaterialConfig
 
 
 @register("no-material")

@@ -207,7 +207,7 @@ class PromptProcessor:
                               f"{TOKENIZER_HINT}")
 
     def _check_files(self) -> tuple[str, str]:
-        from mindspore_impl.lift3d.guidance.multiview_diffusion_guidance import (
+        from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import (
             Config as GuidanceConfig, check_checkpoint)
         gcfg = GuidanceConfig(model_name=self.cfg.model_name, ckpt_path=self.cfg.ckpt_path,
                               config_path=self.cfg.config_path)

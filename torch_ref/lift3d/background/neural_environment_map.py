@@ -2,7 +2,6 @@
 "neural-environment-map-background", with the random augmentation drawn on the host by `draw_aug`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -11,33 +10,13 @@ import torch.nn as nn
 
 from mindspore_impl.core.config import parse_structured
 from mindspore_impl.core.registry import register
+from mindspore_impl.lift3d.spec.background import (NeuralEnvironmentMapBackgroundConfig, check_env_map_config,
+                                                  draw_aug_color)
 from torch_ref.lift3d.geometry.mlp import get_mlp
 from torch_ref.lift3d.ops import activate, sh_encode
 
 
-@dataclass
-class NeuralEnvironmentMapBackgroundConfig:
-    n_output_dims: int = 3
-    color_activation: str = "sigmoid"
-    dir_encoding_config: dict = field(default_factory=lambda: {"otype": "SphericalHarmonics", "degree": 3})
-    mlp_network_config: dict = field(default_factory=lambda: {
-        "otype": "VanillaMLP", "activation": "ReLU", "n_neurons": 16, "n_hidden_layers": 2})
-    random_aug: bool = False
-    random_aug_prob: float = 0.5
-
-
-def check_env_map_config(cfg: NeuralEnvironmentMapBackgroundConfig) -> None:
-    enc = cfg.dir_encoding_config
-    if enc.get("otype") != "SphericalHarmonics":
-        raise ValueError(f"dir_encoding_config.otype must be SphericalHarmonics, got {enc.get('otype')}")
     # mlp_network_config is checked by geometry.mlp.get_mlp
-
-
-def draw_aug_color(rng: np.random.Generator, cfg, training: bool) -> Optional[np.ndarray]:
-    """Host-side: with probability random_aug_prob one random colour (n_output_dims,) for the whole batch."""
-    if training and cfg.random_aug and rng.random() < cfg.random_aug_prob:
-        return rng.random(cfg.n_output_dims).astype(np.float32)
-    return None
 
 
 def broadcast_color(color: torch.Tensor, lead_shape: tuple, n: int) -> torch.Tensor:

@@ -5,69 +5,13 @@ stands in for tcnn.Encoding, which needs CUDA.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from mindspore_impl.core.config import parse_structured
-
-HASH_PRIMES = (1, 2654435761, 805459861)
-UINT32_MASK = 0xFFFFFFFF
-INIT_RANGE = 1e-4
-
-
-@dataclass
-class HashGridConfig:
-    otype: str = "HashGrid"
-    n_levels: int = 16
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    base_resolution: int = 16
-    per_level_scale: float = 1.447269237440378
-    seed: int = 1337
-
-
-@dataclass(frozen=True)
-class LevelLayout:
-    scale: float
-    resolution: int
-    offset: int
-    size: int
-    dense: bool
-
-
-def parse_hashgrid_config(cfg) -> HashGridConfig:
-    parsed = parse_structured(HashGridConfig, cfg, where="pos_encoding_config")
-    if parsed.otype not in ("HashGrid", "Grid"):
-        raise ValueError(f"pos_encoding_config.otype must be 'HashGrid', got '{parsed.otype}'")
-    return parsed
-
-
-def level_scale(level: int, per_level_scale: float, base_resolution: int) -> float:
-    f32 = np.float32
-    return float(np.exp2(f32(level) * np.log2(f32(per_level_scale))) * f32(base_resolution) - f32(1.0))
-
-
-def level_layouts(cfg: HashGridConfig, n_dims: int = 3) -> List[LevelLayout]:
-    layouts, offset = [], 0
-    for level in range(cfg.n_levels):
-        scale = level_scale(level, cfg.per_level_scale, cfg.base_resolution)
-        resolution = int(math.ceil(scale)) + 1
-        dense_params = resolution ** n_dims
-        params = -(-min(dense_params, UINT32_MASK // 2) // 8) * 8
-        size = min(params, 1 << cfg.log2_hashmap_size)
-        layouts.append(LevelLayout(scale, resolution, offset, size, dense_params <= size))
-        offset += size
-    return layouts
-
-
-def init_hashgrid_params(n_params: int, seed: int) -> np.ndarray:
-    rng = np.random.RandomState(seed)
-    return rng.uniform(-INIT_RANGE, INIT_RANGE, size=(n_params,)).astype(np.float32)
+from mindspore_impl.lift3d.spec.hashgrid import HASH_PRIMES, UINT32_MASK, build_layout, init_hashgrid_params
 
 
 class HashGrid(nn.Module):
@@ -75,15 +19,11 @@ class HashGrid(nn.Module):
 
     def __init__(self, n_input_dims: int, config, params: Optional[np.ndarray] = None):
         super().__init__()
-        if n_input_dims != 3:
-            raise ValueError(f"HashGrid supports 3 input dims, got {n_input_dims}")
-        self.cfg = parse_hashgrid_config(config)
-        self.layouts = level_layouts(self.cfg, n_input_dims)
+        self.cfg, self.layouts, self.n_rows = build_layout(n_input_dims, config)
         self.n_input_dims = n_input_dims
         self.n_levels = self.cfg.n_levels
         self.n_features = self.cfg.n_features_per_level
         self.n_output_dims = self.n_levels * self.n_features
-        self.n_rows = self.layouts[-1].offset + self.layouts[-1].size
         if params is None:
             params = init_hashgrid_params(self.n_rows * self.n_features, self.cfg.seed)
         self.params = nn.Parameter(torch.from_numpy(np.asarray(params, np.float32)))

@@ -4,68 +4,17 @@ Twin of mindspore_impl/lift3d/geometry/implicit_volume.py; same parameter names.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
-
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mindspore_impl.core.config import parse_structured
 from mindspore_impl.core.registry import register
+from mindspore_impl.lift3d.spec.implicit_volume import ImplicitVolumeConfig, fd_offsets, parse_config
+from mindspore_impl.lift3d.spec.ops import check_activation
 from torch_ref.lift3d.geometry.hashgrid import get_encoding
 from torch_ref.lift3d.geometry.mlp import get_mlp
-from torch_ref.lift3d.ops import activate, check_activation
-
-NORMAL_TYPES = (None, "finite_difference", "finite_difference_laplacian", "analytic")
-DENSITY_BIASES = ("blob_magic3d", "blob_dreamfusion")
-
-
-def _default_pos_encoding():
-    return {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
-            "base_resolution": 16, "per_level_scale": 1.447269237440378}
-
-
-def _default_mlp():
-    return {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none",
-            "n_neurons": 64, "n_hidden_layers": 1}
-
-
-@dataclass
-class ImplicitVolumeConfig:
-    radius: float = 1.0
-    n_input_dims: int = 3
-    n_feature_dims: int = 3
-    density_activation: str = "softplus"
-    density_bias: Any = "blob_magic3d"
-    density_blob_scale: float = 10.0
-    density_blob_std: float = 0.5
-    pos_encoding_config: dict = field(default_factory=_default_pos_encoding)
-    mlp_network_config: dict = field(default_factory=_default_mlp)
-    normal_type: Optional[str] = None
-    finite_difference_normal_eps: float = 0.01
-    isosurface_threshold: float = 25.0
-
-
-def parse_config(cfg) -> ImplicitVolumeConfig:
-    c = parse_structured(ImplicitVolumeConfig, cfg, where="geometry implicit-volume")
-    if c.normal_type not in NORMAL_TYPES:
-        raise ValueError(f"normal_type must be one of {NORMAL_TYPES}, got '{c.normal_type}'")
-    if isinstance(c.density_bias, str) and c.density_bias not in DENSITY_BIASES:
-        raise ValueError(f"density_bias must be one of {DENSITY_BIASES} or a float, got '{c.density_bias}'")
-    if not isinstance(c.density_bias, str):
-        c.density_bias = float(c.density_bias)
-    if c.n_feature_dims <= 0:
-        raise ValueError("n_feature_dims must be positive (the renderer needs features)")
-    return c
-
-
-def _fd_offsets(eps: float, laplacian: bool) -> np.ndarray:
-    eye = np.eye(3, dtype=np.float32) * eps
-    if not laplacian:
-        return eye
-    return np.stack([eye, -eye], axis=1).reshape(6, 3)
+from torch_ref.lift3d.ops import activate
 
 
 @register("torch_ref:implicit-volume")
@@ -87,7 +36,7 @@ class ImplicitVolume(nn.Module):
         self.normal_type = c.normal_type
         self.fd_eps = c.finite_difference_normal_eps
         self.register_buffer("fd_offsets", torch.from_numpy(
-            _fd_offsets(self.fd_eps, c.normal_type == "finite_difference_laplacian")), persistent=False)
+            fd_offsets(self.fd_eps, c.normal_type == "finite_difference_laplacian")), persistent=False)
 
     def contract(self, points):
         return ((points + self.radius) / (2.0 * self.radius)).clamp(0.0, 1.0)

@@ -1,24 +1,16 @@
 """PyTorch reference of mindspore_impl/lift3d/materials/no_material.py (threestudio "no-material")."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from mindspore_impl.core.config import parse_structured
 from mindspore_impl.core.registry import register
+from mindspore_impl.lift3d.spec.materials import NoMaterialConfig
 from torch_ref.lift3d.geometry.mlp import get_mlp
 from torch_ref.lift3d.ops import activate
-
-
-@dataclass
-class NoMaterialConfig:
-    n_output_dims: int = 3
-    color_activation: str = "sigmoid"
-    input_feature_dims: Optional[int] = None
-    mlp_network_config: Optional[dict] = None
 
 
 @register("torch_ref:no-material")

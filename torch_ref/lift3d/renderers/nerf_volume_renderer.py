@@ -6,56 +6,15 @@ threestudio's compositing. All randomness enters through the `jitter` tensor (B,
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from mindspore_impl.core.config import parse_structured
+from mindspore_impl.lift3d.spec.nerf_volume_renderer import IMAGE_KEYS, Config, SubModules, parse_renderer_config
 from torch_ref.lift3d.renderers.occupancy_grid import OccupancyGrid
 from torch_ref.lift3d.renderers.ray_sampling import (composite_weights, merged_intervals, normalize,
                                                      ray_box_intersect, sample_pdf, stratified_t, uniform_intervals)
-
-IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "comp_normal")
-
-
-@dataclass
-class Config:
-    radius: float = 1.0
-    num_samples_per_ray: int = 64          # uniform (coarse) samples per ray
-    num_importance_samples: int = 0        # extra inverse-CDF samples per ray; 0 disables the coarse pass
-    randomized: bool = True                # stratified jitter (from the `jitter` input) when training
-    eval_chunk_size: int = 16384           # rays per chunk in render_chunked
-    grid_prune: bool = True
-    prune_alpha_threshold: bool = True     # accepted for upstream configs; static shapes never drop samples
-    grid_resolution: int = 32
-    occ_threshold: float = 0.01
-    occ_ema_decay: float = 0.95
-    occ_update_interval: int = 16
-    occ_step_samples: int = 512            # occupancy alpha uses upstream render_step_size 1.732*2*radius/512
-    return_comp_normal: bool = False
-    return_normal_perturb: bool = False
-
-
-class _SubModules:
-    """Plain holder: the system owns geometry/material/background, the renderer only calls them."""
-
-    def __init__(self, geometry, material, background):
-        self.geometry, self.material, self.background = geometry, material, background
-
-
-def check_config(cfg: Config, geometry, material) -> None:
-    if cfg.return_normal_perturb:
-        raise ValueError("nerf-volume-renderer: return_normal_perturb=True is not supported")
-    if cfg.num_samples_per_ray < 2 or cfg.num_importance_samples < 0:
-        raise ValueError(f"nerf-volume-renderer: need num_samples_per_ray >= 2 and num_importance_samples >= 0, "
-                         f"got {cfg.num_samples_per_ray}, {cfg.num_importance_samples}")
-    if abs(cfg.radius - float(geometry.cfg.radius)) > 1e-6:
-        raise ValueError(f"nerf-volume-renderer: radius {cfg.radius} differs from geometry radius {geometry.cfg.radius}")
-    if material.requires_normal and geometry.cfg.normal_type is None:
-        raise ValueError("nerf-volume-renderer: the material needs normals but geometry.normal_type is None")
 
 
 class NeRFVolumeRenderer(nn.Module):
@@ -63,13 +22,9 @@ class NeRFVolumeRenderer(nn.Module):
 
     def __init__(self, cfg, geometry, material, background):
         super().__init__()
-        self.cfg = parse_structured(Config, cfg, "nerf-volume-renderer")
-        check_config(self.cfg, geometry, material)
-        self.sub_modules = _SubModules(geometry, material, background)
+        self.cfg, self.occ_step_size, self.need_normal = parse_renderer_config(cfg, geometry, material)
+        self.sub_modules = SubModules(geometry, material, background)
         self.estimator = OccupancyGrid(self.cfg.radius, self.cfg.grid_resolution)
-        self.occ_step_size = math.sqrt(3.0) * 2.0 * self.cfg.radius / self.cfg.occ_step_samples
-        self.need_normal = geometry.cfg.normal_type is not None and (
-            material.requires_normal or self.cfg.return_comp_normal)
 
     @property
     def geometry(self):
