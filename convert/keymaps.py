@@ -25,6 +25,8 @@ class Submodel:
     config_key: str
     builder: str  # "module:function", called with the config entry's `params` as a dict
     rules: tuple[tuple[str, str], ...]
+    # config `target` -> builder used instead of `builder` (e.g. the pixel-space identity first stage)
+    targets: tuple[tuple[str, str], ...] = ()
 
 
 # GroupNorm / LayerNorm affine parameters are weight/bias in torch and gamma/beta in MindSpore.
@@ -50,6 +52,8 @@ VAE = Submodel(
     config_key="first_stage_config",
     builder="torch_ref.mvdream.vae:build_from_config",
     rules=_norm_rules(r"norm1|norm2|norm|norm_out"),
+    targets=tuple((t, "torch_ref.mvdream.first_stage:build_from_config")
+                  for t in ("identity", "torch.nn.Identity")),
 )
 
 # open_clip text tower: ln_1/ln_2/ln_final (LayerNorm); nn.Embedding's table is embedding_table.
@@ -102,10 +106,11 @@ def build_torch(sub: Submodel, model_params: dict, device: str = "cpu"):
     import torch
     if sub.config_key not in model_params:
         raise ValueError(f"the config has no '{sub.config_key}' for the {sub.name}")
-    mod_name, fn_name = sub.builder.split(":")
+    entry = model_params[sub.config_key]
+    mod_name, fn_name = dict(sub.targets).get(str(entry.get("target", "")), sub.builder).split(":")
     builder = getattr(importlib.import_module(mod_name), fn_name)
     with torch.device(device):
-        return builder(dict(model_params[sub.config_key].get("params", {})))
+        return builder(dict(entry.get("params") or {}))
 
 
 def expected_torch_shapes(sub: Submodel, model_params: dict) -> dict[str, tuple]:

@@ -52,9 +52,10 @@ def _load_tokenizer(tokenizer_path: str):
     return load_tokenizer(tokenizer_path)  # names the missing file and where to get it
 
 
-def latent_downsample(first_stage_params: dict) -> int:
-    """Pixels per latent cell: 2 ** (levels - 1) of the VAE (8 for SD)."""
-    return 2 ** (len(first_stage_params["ddconfig"]["ch_mult"]) - 1)
+def latent_downsample(first_stage_entry: dict) -> int:
+    """Pixels per latent cell: 2 ** (levels - 1) of the VAE (8 for SD); 1 in pixel space (target identity)."""
+    from mindspore_impl.mvdream.first_stage import downsample_of
+    return downsample_of(first_stage_entry)
 
 
 class MVDreamPipeline:
@@ -66,7 +67,7 @@ class MVDreamPipeline:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.alphas_cumprod = schedule_from_config(model_params)
         self.scale_factor = float(model_params.get("scale_factor", 0.18215))
-        self.downsample = latent_downsample(model_params["first_stage_config"]["params"])
+        self.downsample = latent_downsample(model_params["first_stage_config"])
         self.latent_channels = int(model_params["unet_config"]["params"].get("in_channels", 4))
         self.dtype = _DTYPES[dtype]
         for cell in (unet, vae, text_encoder):
@@ -80,13 +81,13 @@ class MVDreamPipeline:
         fp16 puts the UNet's Dense/Conv weights in float16 (its use_fp16 switch: norms and softmax
         stay float32); the VAE and text encoder, run once per image, stay float32.
         """
-        from mindspore_impl.mvdream import text_encoder, unet, vae
+        from mindspore_impl.mvdream import first_stage, text_encoder, unet
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
         unet_params = dict(model_params["unet_config"]["params"])
         unet_params["use_fp16"] = _DTYPES[dtype] == ms.float16
         return cls(unet.build_from_config(unet_params),
-                   vae.build_from_config(dict(model_params["first_stage_config"]["params"])),
+                   first_stage.build_first_stage(dict(model_params["first_stage_config"])),
                    text_encoder.build_from_config(dict(model_params["cond_stage_config"]["params"])),
                    tokenizer, model_params, dtype)
 

@@ -22,14 +22,15 @@ class MVDreamPipeline:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet.eval(), vae.eval(), text_encoder.eval(), tokenizer
         self.alphas_cumprod = schedule_from_config(model_params)
         self.scale_factor = float(model_params.get("scale_factor", 0.18215))
-        self.downsample = 2 ** (len(model_params["first_stage_config"]["params"]["ddconfig"]["ch_mult"]) - 1)
+        from mindspore_impl.mvdream.first_stage_spec import downsample_of
+        self.downsample = downsample_of(model_params["first_stage_config"])
         self.latent_channels = int(model_params["unet_config"]["params"].get("in_channels", 4))
 
     @classmethod
     def from_state_dict(cls, state: dict, model_params: dict, tokenizer) -> "MVDreamPipeline":
-        from torch_ref.mvdream import text_encoder, unet, vae
+        from torch_ref.mvdream import first_stage, text_encoder, unet
         parts = {"unet": unet.build_from_config(dict(model_params["unet_config"]["params"])),
-                 "vae": vae.build_from_config(dict(model_params["first_stage_config"]["params"])),
+                 "vae": first_stage.build_first_stage(dict(model_params["first_stage_config"])),
                  "text_encoder": text_encoder.build_from_config(dict(model_params["cond_stage_config"]["params"]))}
         for name, module in parts.items():
             p = PREFIXES[name]

@@ -1,0 +1,138 @@
+"""Training the multiview diffusion model (MVDream recipe), MindSpore.
+
+One sample = the F views (4) of one object, contiguous in the batch ("(b f)" layout), each with its
+16-value camera condition (normalize_camera(c2w) flattened, what the SDS guidance feeds the UNet).
+Per step (host draws every random number, the graph is deterministic given its inputs):
+
+    z0    = first_stage.encode_sample(images, fs_noise) * scale_factor   (frozen; identity in pixel space)
+    text  = where(drop, empty-prompt tokens, caption tokens)             (classifier-free dropout, p ~ 0.1)
+    ctx   = text_encoder(text), repeated over the F views of its object
+    x_t   = sqrt(a_t) z0 + sqrt(1 - a_t) noise                           (one t per object by default)
+    loss  = mean((unet(x_t, t, ctx, camera, F) - noise) ** 2)           (eps prediction)
+
+`make_train_step` compiles forward + backward + AdamW (+ EMA) as one graph with ms.jit.
+Twin: torch_ref/mvdream/training.py (same loss on the same inputs).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from mindspore_impl.core.checkpoint import check_state_dict
+from mindspore_impl.mvdream.training_spec import (FIRST_STAGE_PREFIX, STEP_INPUTS, TEXT_PREFIX,  # noqa: F401
+                                                  TIMESTEP_SHARING, UNET_PREFIX, images_to_model,
+                                                  sample_step_noise)
+
+
+# ---------------------------------------------------------------- the loss
+
+class MultiviewDiffusionLoss(nn.Cell):
+    """construct(images ((B F),3,H,W) in [-1,1], camera ((B F),16), tokens (B,L) int32, drop (B,) float {0,1},
+    t ((B F),) int32, noise ((B F),C,h,w), fs_noise ((B F),C,h,w)) -> scalar eps-MSE loss.
+
+    empty_tokens: (1, L) int32 tokens of the empty prompt "" (what a dropped caption becomes).
+    The first stage is frozen (no gradient reaches it); the text encoder is trained when its
+    parameters are in the optimizer, else its output is cut from the graph (train_text_encoder=False).
+    """
+
+    def __init__(self, unet: nn.Cell, first_stage: nn.Cell, text_encoder: nn.Cell, schedule: nn.Cell,
+                 empty_tokens: np.ndarray, num_frames: int, scale_factor: float, train_text_encoder: bool = True):
+        super().__init__()
+        self.unet = unet
+        self.first_stage = first_stage
+        self.text_encoder = text_encoder
+        self.schedule = schedule
+        self.empty_tokens = ms.Tensor(np.asarray(empty_tokens, np.int32).reshape(1, -1))
+        self.num_frames = int(num_frames)
+        self.scale_factor = float(scale_factor)
+        self.train_text_encoder = bool(train_text_encoder)
+
+    def encode_text(self, tokens, drop):
+        """Caption tokens with dropped rows replaced by the empty prompt -> ((B F), L, C) context."""
+        keep = (drop < 0.5).reshape(-1, 1)
+        tokens = ops.where(keep, tokens, ops.broadcast_to(self.empty_tokens, tokens.shape))
+        ctx = self.text_encoder(tokens).astype(ms.float32)
+        if not self.train_text_encoder:
+            ctx = ops.stop_gradient(ctx)
+        return ops.repeat_elements(ctx, self.num_frames, axis=0)
+
+    def construct(self, images, camera, tokens, drop, t, noise, fs_noise):
+        z0 = ops.stop_gradient(self.first_stage.encode_sample(images, fs_noise) * self.scale_factor)
+        ctx = self.encode_text(tokens, drop)
+        x_t = self.schedule.q_sample(z0, t, noise)
+        eps = self.unet(x_t, t, ctx, camera, self.num_frames)
+        return ops.mean((eps - noise) ** 2)
+
+
+def step_inputs(batch: dict[str, np.ndarray]) -> tuple:
+    """Host arrays -> the loss cell's positional tensors (in STEP_INPUTS order)."""
+    missing = [k for k in STEP_INPUTS if k not in batch]
+    if missing:
+        raise KeyError(f"training batch lacks {missing}")
+    return tuple(ms.Tensor(np.ascontiguousarray(batch[k])) for k in STEP_INPUTS)
+
+
+# ---------------------------------------------------------------- EMA and the compiled step
+
+class EMA(nn.Cell):
+    """Exponential moving average of parameters: ema = decay * ema + (1 - decay) * p (after each update)."""
+
+    def __init__(self, params, decay: float):
+        super().__init__(auto_prefix=False)
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.params = ms.ParameterTuple(params)
+        self.shadow = self.params.clone(prefix="ema", init="same")
+        self.decay = float(decay)
+
+    def construct(self):
+        for i in range(len(self.shadow)):
+            ops.assign(self.shadow[i], self.shadow[i] * self.decay + self.params[i] * (1.0 - self.decay))
+        return self.decay
+
+
+def make_train_step(loss_cell: nn.Cell, optimizer, ema: Optional[EMA] = None, jit: bool = True,
+                    grad_clip: Optional[float] = None):
+    """step(*STEP_INPUTS tensors) -> loss: value_and_grad + optional global-norm clip + AdamW + EMA,
+    compiled as one graph with ms.jit (static shapes: every step must feed the same shapes)."""
+    grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters)
+
+    def step(*inputs):
+        loss, grads = grad_fn(*inputs)
+        if grad_clip is not None:
+            grads = ops.clip_by_global_norm(grads, grad_clip)
+        optimizer(grads)
+        if ema is not None:
+            ema()
+        return loss
+
+    return ms.jit(step) if jit else step
+
+
+# ---------------------------------------------------------------- names and state
+
+def named_params(cell: nn.Cell, prefix: str) -> dict[str, ms.Parameter]:
+    """prefix + the parameter's path inside `cell` (independent of where `cell` is attached)."""
+    return {prefix + name: p for name, p in cell.parameters_and_names()}
+
+
+def model_parameters(unet, first_stage, text_encoder) -> dict[str, ms.Parameter]:
+    """The original-format (converted) names of the three sub-models -> their Parameters."""
+    out = named_params(unet, UNET_PREFIX)
+    out.update(named_params(first_stage, FIRST_STAGE_PREFIX))
+    out.update(named_params(text_encoder, TEXT_PREFIX))
+    return out
+
+
+def load_named(params: dict[str, ms.Parameter], state: dict[str, np.ndarray], what: str) -> None:
+    """Strict copy of `state` into `params` (same keys and shapes, else CheckpointError listing them)."""
+    check_state_dict({k: tuple(p.shape) for k, p in params.items()}, state, what)
+    for k, p in params.items():
+        p.set_data(ms.Tensor(np.asarray(state[k]), dtype=p.dtype))
+
+
+def arrays_of(params: dict[str, ms.Parameter]) -> dict[str, np.ndarray]:
+    return {k: p.asnumpy() for k, p in params.items()}
