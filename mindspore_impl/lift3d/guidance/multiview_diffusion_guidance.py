@@ -87,9 +87,9 @@ def load_frozen_models(ckpt_path: str, config_path: str, names=("unet", "vae"),
     the VAE stays fp32 (the rendered image's gradient flows through it)."""
     from convert.keymaps import load_model_config
     from mindspore_impl.core.checkpoint import load_state_dict, read_params
-    from mindspore_impl.mvdream import pipeline, text_encoder, unet, vae
+    from mindspore_impl.mvdream import first_stage, pipeline, text_encoder, unet
     parts = {"unet": (unet, "unet_config", pipeline.UNET_PREFIX),
-             "vae": (vae, "first_stage_config", pipeline.VAE_PREFIX),
+             "vae": (first_stage, "first_stage_config", pipeline.VAE_PREFIX),
              "text_encoder": (text_encoder, "cond_stage_config", pipeline.TEXT_PREFIX)}
     model_params = load_model_config(config_path)
     state = read_params(ckpt_path)
@@ -99,7 +99,10 @@ def load_frozen_models(ckpt_path: str, config_path: str, names=("unet", "vae"),
         params = dict(model_params[key]["params"])
         if name == "unet" and half_precision:
             params["use_fp16"] = True
-        cell = module.build_from_config(params)
+        if name == "vae":  # AutoencoderKL, or the weightless pixel-space stage (target: identity)
+            cell = first_stage.build_first_stage(dict(model_params[key]))
+        else:
+            cell = module.build_from_config(params)
         load_state_dict(cell, {k: v for k, v in state.items() if k.startswith(prefix)}, prefix,
                         strict=True, what=f"{ckpt_path} ({name}, prefix '{prefix}')")
         cell.set_train(False)
@@ -189,10 +192,9 @@ class MultiviewDiffusionGuidance(nn.Cell):
         return self.schedule.max_step
 
     def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of the latents for image_size (VAE downsampling from its config)."""
-        down = 2 ** (len(self.vae.encoder.down) - 1)
-        channels = self.vae.embed_dim
-        return (channels, self.image_size // down, self.image_size // down)
+        """(C, h, w) of the latents for image_size (first-stage downsampling from its config)."""
+        from mindspore_impl.mvdream.first_stage import latent_shape
+        return latent_shape(self.vae, self.image_size)
 
     def sample_inputs(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
         return sample_inputs(self.schedule, rng, batch_size, self.latent_shape())
