@@ -55,12 +55,14 @@ class NeRFVolumeRenderer(nn.Cell):
     # ---------------------------------------------------------------- sampling
     def _uniforms(self, jitter, n_rays: int, ref):
         sc, si = self.num_coarse, self.num_importance
+        fixed = jitter is None or not self.randomized
+        u_c = ops.ones((n_rays, sc), ref.dtype) * 0.5 if fixed else jitter[:, :sc]
+        if si == 0:  # no importance pass: skip zero-size tensors (MindSpore's CPU kernels warn on them)
+            return u_c, None
         k = _arange(si, ref.dtype)
-        if jitter is None or not self.randomized:
-            u_c = ops.ones((n_rays, sc), ref.dtype) * 0.5
-            u_i = ops.broadcast_to(ops.expand_dims((k + 0.5) / max(si, 1), 0), (n_rays, si))
-            return u_c, u_i
-        return jitter[:, :sc], (k + jitter[:, sc:]) / max(si, 1)
+        if fixed:
+            return u_c, ops.broadcast_to(ops.expand_dims((k + 0.5) / si, 0), (n_rays, si))
+        return u_c, (k + jitter[:, sc:]) / si
 
     def _occupancy(self, positions):
         if not self.grid_prune:
