@@ -64,7 +64,18 @@ def check_config(cfg: Config) -> str:
     return mode
 
 
+# models this project trains itself: how to make the checkpoint instead of downloading it
+TRAIN_HINTS = {"demo-mvdream": ("python scripts/train_mvdiffusion.py --config configs/demo-mvdiffusion.yaml\n"
+                                "    cp outputs/demo-train/model.ckpt {dst}")}
+
+
 def missing_checkpoint_message(path: Optional[str], model_name: str) -> str:
+    if model_name in TRAIN_HINTS:
+        dst = path or "pretrained/demo/model.ckpt"
+        where = f"the {model_name} checkpoint {path!r} does not exist" if path else \
+            f"no {model_name} checkpoint given (system.guidance.ckpt_path is null)"
+        return (f"{where}.\n  Train it (a few hours on 2 CPU cores) and copy it into place:\n"
+                f"    {TRAIN_HINTS[model_name].format(dst=dst)}\n  then set system.guidance.ckpt_path={dst}")
     src = f"{model_name}.pt"
     dst = path or f"checkpoints/{model_name}.ckpt"
     cfg = DEFAULT_MODEL_CONFIGS.get(model_name, "configs/sd-v2-base.yaml")
