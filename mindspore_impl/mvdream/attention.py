@@ -32,7 +32,8 @@ def math_attention(q, k, v, heads: int, scale: float):
 
     sim = ops.matmul(split(q), split(k).swapaxes(-1, -2)) * scale
     out = ops.matmul(ops.softmax(sim, axis=-1), split(v))
-    return out.transpose(0, 2, 1, 3).reshape(b, n, inner).astype(v.dtype)
+    # contiguous(): see first_stage.pixel_unshuffle (reshaping a transposed view corrupts the heap in PyNative)
+    return out.transpose(0, 2, 1, 3).contiguous().reshape(b, n, inner).astype(v.dtype)
 
 
 def flash_attention(q, k, v, heads: int, scale: float):

@@ -23,13 +23,16 @@ from mindspore_impl.mvdream.first_stage_spec import (IDENTITY_TARGETS, IdentityF
                                                      downsample_of, is_identity, parse_identity)
 
 
+# .contiguous() before the last reshape: on MindSpore 2.7.2 CPU PyNative, reshaping the strided view that
+# transpose returns corrupts the glibc heap after a few UNet calls (abort at exit, "corrupted double-linked
+# list"); the explicit copy avoids it and is free in graph mode.
 def pixel_unshuffle(x, p: int):
     """(B, C, H, W) -> (B, C p p, H/p, W/p), channel index c p^2 + i p + j for pixel (p y + i, p x + j)."""
     if p == 1:
         return x
     b, c, h, w = x.shape
     x = x.reshape(b, c, h // p, p, w // p, p).transpose(0, 1, 3, 5, 2, 4)
-    return x.reshape(b, c * p * p, h // p, w // p)
+    return x.contiguous().reshape(b, c * p * p, h // p, w // p)
 
 
 def pixel_shuffle(z, p: int):
@@ -39,7 +42,7 @@ def pixel_shuffle(z, p: int):
     b, cpp, h, w = z.shape
     c = cpp // (p * p)
     z = z.reshape(b, c, p, p, h, w).transpose(0, 1, 4, 2, 5, 3)
-    return z.reshape(b, c, h * p, w * p)
+    return z.contiguous().reshape(b, c, h * p, w * p)
 
 
 class IdentityFirstStage(nn.Cell):

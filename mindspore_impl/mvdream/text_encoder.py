@@ -49,7 +49,7 @@ class MultiheadAttention(nn.Cell):
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         scores = ops.matmul(q * self.scale, ops.transpose(k, (0, 1, 3, 2))) + mask.astype(x.dtype)
         out = ops.matmul(ops.softmax(scores, axis=-1), v)  # [b, h, n, d]
-        out = ops.transpose(out, (0, 2, 1, 3)).reshape(b, n, w)
+        out = ops.transpose(out, (0, 2, 1, 3)).contiguous().reshape(b, n, w)  # see first_stage.pixel_unshuffle
         return self.out_proj(out)
 
 
