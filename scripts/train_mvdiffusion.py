@@ -192,8 +192,7 @@ class Trainer:
         self.image_size = int(mp["unet_config"]["params"]["image_size"]) * fs_down
         self.latent_shape = first_stage.latent_shape(self.first_stage, self.image_size)
         check_data(self.data, cfg.num_frames, self.image_size)
-        self.schedule = NoiseSchedule(int(mp.get("timesteps", 1000)), float(mp.get("linear_start", 0.00085)),
-                                      float(mp.get("linear_end", 0.0120)))
+        self.schedule = NoiseSchedule.from_config(mp)
         empty = self.tokenizer([""])
         self.loss_cell = MultiviewDiffusionLoss(self.unet, self.first_stage, self.text_encoder, self.schedule, empty,
                                                 cfg.num_frames, float(mp.get("scale_factor", 0.18215)),

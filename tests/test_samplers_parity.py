@@ -154,3 +154,20 @@ def test_q_sample_graph_mode_equals_pynative():
     graph = sched(x0, t, noise)
     ms.set_context(mode=ms.PYNATIVE_MODE)
     assert_parity(graph, eager, "q_sample GRAPH vs PyNative", rel=1e-6)
+
+
+@pytest.mark.parametrize("beta_schedule,end", [("linear", 0.0683), ("sqrt_linear", 0.00635)])
+def test_beta_schedules_match_torch_and_pinned_ends(beta_schedule, end):
+    """LDM's "linear" (scaled, SD) and "sqrt_linear" (DDPM's true linear, the demo model's) schedules."""
+    from convert.keymaps import load_model_config
+    from torch_ref.mvdream.schedule import schedule_from_config as t_from_config
+    from mindspore_impl.mvdream.schedule import schedule_from_config
+    params = {"sqrt_linear": load_model_config("configs/demo-model.yaml"),
+              "linear": load_model_config("configs/sd-v2-base.yaml")}[beta_schedule]
+    ac = schedule_from_config(params)
+    print(beta_schedule, "sqrt(alpha_bar) at t=999:", float(np.sqrt(ac[-1])))
+    np.testing.assert_array_equal(ac, t_from_config(params))
+    assert np.sqrt(ac[-1]) == pytest.approx(end, abs=5e-4)
+    np.testing.assert_allclose(NoiseSchedule.from_config(params).alphas_cumprod.asnumpy(), ac)
+    with pytest.raises(ValueError, match="beta_schedule must be"):
+        make_alphas_cumprod(beta_schedule="cosine")

@@ -151,9 +151,7 @@ class MultiviewDiffusionGuidance(nn.Cell):
         ckpt_path, config_path = check_checkpoint(cfg)
         models, model_params = load_frozen_models(ckpt_path, config_path, ("unet", "vae"),
                                                   half_precision=cfg.half_precision_weights)
-        schedule = NoiseSchedule(int(model_params.get("timesteps", 1000)),
-                                 float(model_params.get("linear_start", 0.00085)),
-                                 float(model_params.get("linear_end", 0.0120)))
+        schedule = NoiseSchedule.from_config(model_params)
         return cls(cfg, models["unet"], models["vae"], schedule,
                    float(model_params.get("scale_factor", 0.18215)))
 
