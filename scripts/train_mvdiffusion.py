@@ -58,6 +58,7 @@ class TrainConfig:
     cfg_drop_prob: float = 0.1  # caption -> "" with this probability (classifier-free guidance)
     timestep_sharing: str = "object"  # "object": one t per object for its F views; "view": one per view
     train_text_encoder: bool = True
+    token_embedding_std: float = 0.02  # open_clip's init; a frozen random text tower needs ~1 to tell words apart
     ema_decay: Optional[float] = None
     save_every: int = 200
     keep_checkpoints: int = 2
@@ -135,10 +136,10 @@ def sample_objects(rng: np.random.Generator, data: dict, batch: int, num_frames:
 
 # ---------------------------------------------------------------- model
 
-def init_weights(unet, text_encoder, seed: int) -> None:
+def init_weights(unet, text_encoder, seed: int, token_embedding_std: float = 0.02) -> None:
     """Upstream-like init on top of MindSpore's (torch-equal) Dense/Conv defaults: the layers the original
     zero-initialises (UNet out conv, ResBlock out_layers.3, transformer proj_out) start at 0, and the
-    text tower's embeddings get open_clip's normal(0.02) / normal(0.01)."""
+    text tower's embeddings get normal(token_embedding_std) (open_clip: 0.02) / normal(0.01)."""
     import mindspore as ms
     rng = np.random.default_rng(seed)
     for name, p in unet.parameters_and_names():
@@ -146,7 +147,7 @@ def init_weights(unet, text_encoder, seed: int) -> None:
             p.set_data(ms.Tensor(np.zeros(p.shape, np.float32), dtype=p.dtype))
     for name, p in text_encoder.parameters_and_names():
         if name == "token_embedding.embedding_table":
-            p.set_data(ms.Tensor((0.02 * rng.standard_normal(p.shape)).astype(np.float32)))
+            p.set_data(ms.Tensor((token_embedding_std * rng.standard_normal(p.shape)).astype(np.float32)))
         elif name == "positional_embedding":
             p.set_data(ms.Tensor((0.01 * rng.standard_normal(p.shape)).astype(np.float32)))
 
@@ -177,7 +178,7 @@ class Trainer:
         self.unet = unet.build_from_config(dict(mp["unet_config"]["params"]))
         self.first_stage = first_stage.build_first_stage(dict(mp["first_stage_config"]))
         self.text_encoder = text_encoder.build_from_config(dict(mp["cond_stage_config"]["params"]))
-        init_weights(self.unet, self.text_encoder, cfg.seed)
+        init_weights(self.unet, self.text_encoder, cfg.seed, cfg.token_embedding_std)
         vocab = self.text_encoder.arch.vocab_size
         if max(self.tokenizer.sot_id, self.tokenizer.eot_id) >= vocab:
             raise ValueError(f"tokenizer {cfg.tokenizer} has ids up to {self.tokenizer.eot_id}, more than the "
