@@ -160,6 +160,28 @@ def test_v15_style_config(tmp_path):
     assert_parity(out, ref, "unet v1.5-style: output")
 
 
+def test_norm_num_groups_extension(tmp_path):
+    """norm_num_groups (this port's extension, default 32 = upstream): 8 groups in every ResBlock, transformer
+    and output GroupNorm; same output in both trees. With 32 channels and 32 groups each channel is normalised
+    alone, which removes its spatial mean: the demo model (configs/demo-model.yaml) uses 8."""
+    params = tiny_unet_params(norm_num_groups=8)
+    pt_model = pt_mvdream.MultiViewUNetModel(**params).eval()
+    randomize(pt_model, seed=5)
+    assert pt_model.out[0].num_groups == 8 and pt_model.input_blocks[1][0].in_layers[0].num_groups == 8
+    assert pt_model.input_blocks[3][1].norm.num_groups == 8
+    ms_model = ms_twin(pt_model, params, str(tmp_path))
+    assert ms_model.out[0].num_groups == 8
+    x, t, ctx, cam, _ = make_inputs(4, params["context_dim"], camera=True, seed=6)
+    out = ms_model(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4)
+    with torch.no_grad():
+        ref = pt_model(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
+        default = pt_mvdream.MultiViewUNetModel(**tiny_unet_params())
+        default.load_state_dict(pt_model.state_dict())
+        ref32 = default.eval()(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
+    assert_parity(out, ref, "unet norm_num_groups=8: output")
+    assert float((ref - ref32).abs().max()) > 1e-2  # the groups really changed
+
+
 def test_fp16_weights_switch(tiny4, tmp_path):
     """use_fp16: Dense/Conv weights float16 (norms float32), float32 output close to the fp32 reference."""
     ms16 = ms_twin(tiny4["pt"], tiny4["params"] | {"use_fp16": True}, str(tmp_path))

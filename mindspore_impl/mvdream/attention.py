@@ -116,10 +116,11 @@ class SpatialTransformer3D(nn.Cell):
     Called like every layer of a TimestepEmbedSequential: (x, emb, context, num_frames); emb is unused.
     """
 
-    def __init__(self, in_channels, n_heads, d_head, depth=1, dropout=0.0, context_dim=None, use_linear=False):
+    def __init__(self, in_channels, n_heads, d_head, depth=1, dropout=0.0, context_dim=None, use_linear=False,
+                 norm_groups=32):
         super().__init__()
         context_dims, inner_dim = transformer_dims(in_channels, n_heads, d_head, depth, context_dim, use_linear)
-        self.norm = transformer_norm(in_channels)
+        self.norm = transformer_norm(in_channels, norm_groups)
         self.proj_in = dense(in_channels, inner_dim) if use_linear else conv2d(in_channels, inner_dim, 1)
         self.transformer_blocks = nn.CellList([
             BasicTransformerBlock3D(inner_dim, n_heads, d_head, context_dims[d], dropout) for d in range(depth)])

@@ -28,14 +28,14 @@ class GroupNorm32(nn.GroupNorm):
         return ops.group_norm(x.astype(ms.float32), self.num_groups, self.gamma, self.beta, self.eps).astype(x.dtype)
 
 
-def normalization(channels: int) -> nn.GroupNorm:
-    """ResBlock / output GroupNorm: 32 groups, eps 1e-5."""
-    return GroupNorm32(32, channels)
+def normalization(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """ResBlock / output GroupNorm: 32 groups (upstream), eps 1e-5."""
+    return GroupNorm32(groups, channels)
 
 
-def transformer_norm(channels: int) -> nn.GroupNorm:
+def transformer_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     """SpatialTransformer input GroupNorm ("Normalize"): 32 groups, eps 1e-6."""
-    return GroupNorm32(32, channels, eps=1e-6)
+    return GroupNorm32(groups, channels, eps=1e-6)
 
 
 class LayerNorm32(nn.LayerNorm):

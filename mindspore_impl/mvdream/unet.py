@@ -66,15 +66,17 @@ class Downsample(nn.Cell):
 
 
 class ResBlock(nn.Cell):
-    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=False):
+    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=False,
+                 norm_groups=32):
         super().__init__()
         self.out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.SequentialCell(normalization(channels), nn.SiLU(),
+        self.in_layers = nn.SequentialCell(normalization(channels, norm_groups), nn.SiLU(),
                                            conv2d(channels, self.out_channels, 3, padding=1))
         self.emb_layers = nn.SequentialCell(
             nn.SiLU(), dense(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
-        self.out_layers = nn.SequentialCell(normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+        self.out_layers = nn.SequentialCell(normalization(self.out_channels, norm_groups), nn.SiLU(),
+                                            nn.Dropout(p=dropout),
                                             conv2d(self.out_channels, self.out_channels, 3, padding=1))
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
@@ -109,7 +111,7 @@ class MultiViewUNetModel(nn.Cell):
                  use_new_attention_order=False, use_spatial_transformer=False, transformer_depth=1,
                  context_dim=None, n_embed=None, legacy=True, disable_self_attentions=None,
                  num_attention_blocks=None, disable_middle_self_attn=False, use_linear_in_transformer=False,
-                 adm_in_channels=None, camera_dim=None):
+                 adm_in_channels=None, camera_dim=None, norm_num_groups=32):
         super().__init__()
         channel_mult = list(channel_mult)
         context_dim = list(context_dim) if isinstance(context_dim, (list, tuple)) else context_dim
@@ -129,12 +131,12 @@ class MultiViewUNetModel(nn.Cell):
         time_embed_dim = model_channels * 4
 
         def res(ch_in, ch_out=None):
-            return ResBlock(ch_in, time_embed_dim, dropout, ch_out, use_scale_shift_norm)
+            return ResBlock(ch_in, time_embed_dim, dropout, ch_out, use_scale_shift_norm, norm_num_groups)
 
         def transformer(ch):
             heads, dim_head = attention_heads(ch, num_heads, num_head_channels, legacy)
             return SpatialTransformer3D(ch, heads, dim_head, transformer_depth, dropout, context_dim,
-                                        use_linear_in_transformer)
+                                        use_linear_in_transformer, norm_num_groups)
 
         def wants_attention(ds, level, nr):
             return ds in attention_resolutions and (num_attention_blocks is None or nr < num_attention_blocks[level])
@@ -172,7 +174,7 @@ class MultiViewUNetModel(nn.Cell):
                     ds //= 2
                 output_blocks.append(TimestepEmbedSequential(*layers))
         self.output_blocks = nn.CellList(output_blocks)
-        self.out = nn.SequentialCell(normalization(ch), nn.SiLU(), conv2d(model_channels, out_channels, 3, padding=1))
+        self.out = nn.SequentialCell(normalization(ch, norm_num_groups), nn.SiLU(), conv2d(model_channels, out_channels, 3, padding=1))
         if use_checkpoint:
             self._recompute_blocks()
         if self.dtype != ms.float32:

@@ -94,10 +94,10 @@ class SpatialTransformer3D(nn.Module):
     """[B, C, H, W] -> [B, C, H, W]: GroupNorm, project in (1x1 conv or linear), blocks, project out, residual."""
 
     def __init__(self, in_channels, n_heads, d_head, depth=1, dropout=0.0, context_dim=None,
-                 use_linear=False, use_checkpoint=False):
+                 use_linear=False, use_checkpoint=False, norm_groups=32):
         super().__init__()
         context_dims, inner_dim = transformer_dims(in_channels, n_heads, d_head, depth, context_dim, use_linear)
-        self.norm = transformer_norm(in_channels)
+        self.norm = transformer_norm(in_channels, norm_groups)
         if use_linear:
             self.proj_in = nn.Linear(in_channels, inner_dim)
         else:

@@ -30,14 +30,14 @@ class LayerNorm32(nn.LayerNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
-def normalization(channels: int) -> nn.GroupNorm:
-    """ResBlock / output GroupNorm: 32 groups, eps 1e-5."""
-    return GroupNorm32(32, channels)
+def normalization(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """ResBlock / output GroupNorm: 32 groups (upstream), eps 1e-5."""
+    return GroupNorm32(groups, channels)
 
 
-def transformer_norm(channels: int) -> nn.GroupNorm:
+def transformer_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     """SpatialTransformer input GroupNorm ("Normalize"): 32 groups, eps 1e-6 (fp32 math under fp16 weights)."""
-    return GroupNorm32(32, channels, eps=1e-6)
+    return GroupNorm32(groups, channels, eps=1e-6)
 
 
 def zero_module(module: nn.Module) -> nn.Module:

@@ -68,16 +68,16 @@ class Downsample(nn.Module):
 
 class ResBlock(TimestepBlock):
     def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=False,
-                 use_checkpoint=False):
+                 use_checkpoint=False, norm_groups=32):
         super().__init__()
         self.out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(normalization(channels, norm_groups), nn.SiLU(),
                                        nn.Conv2d(channels, self.out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
-        self.out_layers = nn.Sequential(normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+        self.out_layers = nn.Sequential(normalization(self.out_channels, norm_groups), nn.SiLU(), nn.Dropout(p=dropout),
                                         zero_module(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)))
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
@@ -117,7 +117,7 @@ class MultiViewUNetModel(nn.Module):
                  use_new_attention_order=False, use_spatial_transformer=False, transformer_depth=1,
                  context_dim=None, n_embed=None, legacy=True, disable_self_attentions=None,
                  num_attention_blocks=None, disable_middle_self_attn=False, use_linear_in_transformer=False,
-                 adm_in_channels=None, camera_dim=None):
+                 adm_in_channels=None, camera_dim=None, norm_num_groups=32):
         super().__init__()
         channel_mult = list(channel_mult)
         context_dim = list(context_dim) if isinstance(context_dim, (list, tuple)) else context_dim
@@ -135,12 +135,13 @@ class MultiViewUNetModel(nn.Module):
         time_embed_dim = model_channels * 4
 
         def res(ch_in, ch_out=None):
-            return ResBlock(ch_in, time_embed_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint)
+            return ResBlock(ch_in, time_embed_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint,
+                            norm_num_groups)
 
         def transformer(ch):
             heads, dim_head = attention_heads(ch, num_heads, num_head_channels, legacy)
             return SpatialTransformer3D(ch, heads, dim_head, transformer_depth, dropout, context_dim,
-                                        use_linear_in_transformer, use_checkpoint)
+                                        use_linear_in_transformer, use_checkpoint, norm_num_groups)
 
         def wants_attention(ds, level, nr):
             return ds in attention_resolutions and (num_attention_blocks is None or nr < num_attention_blocks[level])
@@ -176,7 +177,7 @@ class MultiViewUNetModel(nn.Module):
                     layers.append(Upsample(ch, conv_resample, ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+        self.out = nn.Sequential(normalization(ch, norm_num_groups), nn.SiLU(),
                                  zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
         if self.dtype != torch.float32:
             self._cast_weights(self.dtype)
