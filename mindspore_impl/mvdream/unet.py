@@ -100,6 +100,7 @@ class MultiViewUNetModel(nn.Cell):
     camera [(B F), camera_dim] or None, num_frames=F (a Python int)) -> [(B F), out_channels, H, W] float32.
 
     use_checkpoint: recompute every ResBlock / SpatialTransformer3D in the backward pass.
+    norm_num_groups: GroupNorm groups (this port's extension; upstream and the default: 32).
     use_fp16 / use_bf16: Dense and Conv weights in that dtype (norms stay float32 and normalize in
     float32, attention softmax in float32); inputs are cast in, the output is float32.
     """

@@ -106,6 +106,7 @@ class MultiViewUNetModel(nn.Module):
     camera [(B F), camera_dim] or None, num_frames=F) -> [(B F), out_channels, H, W] in x's dtype.
 
     use_checkpoint: activation checkpointing of every ResBlock / transformer block.
+    norm_num_groups: GroupNorm groups (this port's extension; upstream and the default: 32).
     use_fp16 / use_bf16: Linear and Conv weights in that dtype (norms stay float32 and normalize in
     float32, attention softmax in float32); activations run in that dtype.
     """
