@@ -98,15 +98,15 @@ def _stand_in_torch(x, t, ctx, cam, num_frames):
     return torch.tanh(0.8 * x + 0.3 * mix + bias) * float(np.cos(t[0].item() / 1000.0))
 
 
-def _run_both(ms_model_fn, t_model_fn, x_T, c, uc, cam, sampler, steps, eta, karras, scale):
-    ac = make_alphas_cumprod()
+def _run_both(ms_model_fn, t_model_fn, x_T, c, uc, cam, sampler, steps, eta, karras, scale, clip_x0=None, ac=None):
+    ac = make_alphas_cumprod() if ac is None else ac
     ms_eps = mss.guided_eps_fn(ms_model_fn, ms.Tensor(c), ms.Tensor(uc), scale, ms.Tensor(cam), F)
     t_eps = ts.guided_eps_fn(t_model_fn, torch.tensor(c), torch.tensor(uc), scale, torch.tensor(cam), F)
     out_ms = mss.sample(sampler, ms_eps, ms.Tensor(x_T), ac, steps, eta=eta, rng=np.random.RandomState(5),
-                        karras=karras)
+                        karras=karras, clip_x0=clip_x0)
     with torch.no_grad():
         out_t = ts.sample(sampler, t_eps, torch.tensor(x_T), ac, steps, eta=eta, rng=np.random.RandomState(5),
-                          karras=karras)
+                          karras=karras, clip_x0=clip_x0)
     return out_ms, out_t
 
 
@@ -119,6 +119,23 @@ def test_sampler_parity_stand_in_50_steps(sampler, eta, karras):
     out_ms, out_t = _run_both(_stand_in_ms, _stand_in_torch, x_T, c, uc, cam, sampler, steps, eta, karras, 7.5)
     assert_parity(out_ms, out_t, f"stand-in {sampler} eta={eta} karras={karras} {steps} steps", rel=1e-4)
     assert float(np.abs(out_ms.asnumpy() - x_T).max()) > 0.1
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmpp2m", 0.0)])
+def test_clip_x0_parity_and_bounds(sampler, eta):
+    """Pixel-space sampling clips x0 to [-1, 1] (DDPM's clip_denoised): same in both trees, the result stays in
+    [-1, 1] on the demo model's near-zero-terminal-SNR schedule where the unclipped stand-in leaves it."""
+    x_T, c, uc, cam = _inputs(8)
+    ac = make_alphas_cumprod(1000, 1e-4, 0.02, "sqrt_linear")
+    steps = 20
+    out_ms, out_t = _run_both(_stand_in_ms, _stand_in_torch, x_T, c, uc, cam, sampler, steps, eta, False, 7.5,
+                              clip_x0=1.0, ac=ac)
+    free, _ = _run_both(_stand_in_ms, _stand_in_torch, x_T, c, uc, cam, sampler, steps, eta, False, 7.5, ac=ac)
+    got = out_ms.asnumpy()
+    print(f"{sampler} eta={eta}: clipped max |x0| {np.abs(got).max():.3f}, unclipped {np.abs(free.asnumpy()).max():.1f}")
+    assert_parity(out_ms, out_t, f"clip_x0 {sampler} eta={eta}", rel=1e-4)
+    assert np.abs(free.asnumpy()).max() > 1.5
+    assert np.abs(got).max() < 1.1  # the last DDIM step adds sqrt(1 - a_0) eps (a_0 = 0.9999)
 
 
 @pytest.mark.parametrize("sampler,eta,karras,steps", [("ddim", 0.5, False, 4), ("dpmpp2m", 0.0, True, 4)])

@@ -68,6 +68,9 @@ class MVDreamPipeline:
         self.alphas_cumprod = schedule_from_config(model_params)
         self.scale_factor = float(model_params.get("scale_factor", 0.18215))
         self.downsample = latent_downsample(model_params["first_stage_config"])
+        # pixel space: x0 predictions are images in [-1, 1] (times scale_factor); clip them while sampling
+        from mindspore_impl.mvdream.first_stage import is_identity
+        self.clip_x0 = self.scale_factor if is_identity(model_params["first_stage_config"]) else None
         self.latent_channels = int(model_params["unet_config"]["params"].get("in_channels", 4))
         self.dtype = _DTYPES[dtype]
         for cell in (unet, vae, text_encoder):
@@ -169,6 +172,6 @@ class MVDreamPipeline:
         shape = (num_frames, self.latent_channels, height // f, width // f)
         x_T = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
         latents = samplers.sample(sampler, eps_fn, x_T, self.alphas_cumprod, steps, eta=eta, rng=rng,
-                                  karras=karras, progress=progress)
+                                  karras=karras, progress=progress, clip_x0=self.clip_x0)
         images = self.decode(latents)
         return (images, latents) if return_latents else images

@@ -33,11 +33,19 @@ def ddim_parameters(alphas_cumprod: np.ndarray, timesteps: np.ndarray, eta: floa
     return sigmas.astype(np.float32), alphas.astype(np.float32), alphas_prev.astype(np.float32)
 
 
-def ddim_step(x, e_t, a_t: float, a_prev: float, sigma_t: float, noise=None):
-    """One DDIM update; returns (x_prev, pred_x0). Coefficients are float32 scalars."""
+def ddim_step(x, e_t, a_t: float, a_prev: float, sigma_t: float, noise=None, clip_x0: Optional[float] = None):
+    """One DDIM update; returns (x_prev, pred_x0). Coefficients are float32 scalars.
+
+    clip_x0 = c: pred_x0 clipped to [-c, c] and eps recomputed from it (DDPM's clip_denoised; pixel space,
+    where an eps error at high t is amplified by sqrt(1 - a_t) / sqrt(a_t) in pred_x0).
+    """
     f32 = np.float32
     sqrt_one_minus_at = f32(np.sqrt(f32(1.0) - f32(a_t)))
-    pred_x0 = (x - float(sqrt_one_minus_at) * e_t) / float(f32(np.sqrt(f32(a_t))))
+    sqrt_at = f32(np.sqrt(f32(a_t)))
+    pred_x0 = (x - float(sqrt_one_minus_at) * e_t) / float(sqrt_at)
+    if clip_x0 is not None:
+        pred_x0 = ops.clamp(pred_x0, -float(clip_x0), float(clip_x0))
+        e_t = (x - float(sqrt_at) * pred_x0) / float(sqrt_one_minus_at)
     dir_xt = float(f32(np.sqrt(f32(1.0) - f32(a_prev) - f32(sigma_t) ** 2))) * e_t
     x_prev = float(f32(np.sqrt(f32(a_prev)))) * pred_x0 + dir_xt
     if noise is not None:
@@ -46,7 +54,8 @@ def ddim_step(x, e_t, a_t: float, a_prev: float, sigma_t: float, noise=None):
 
 
 def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int = 50, eta: float = 0.0,
-                rng: Optional[np.random.RandomState] = None, progress: bool = False, callback=None):
+                rng: Optional[np.random.RandomState] = None, progress: bool = False, callback=None,
+                clip_x0: Optional[float] = None):
     """DDIM from x_T (float32 tensor) to x_0; per-step noise (eta > 0) drawn from `rng`."""
     ts = ddim_timesteps(steps, len(alphas_cumprod))
     sigmas, alphas, alphas_prev = ddim_parameters(alphas_cumprod, ts, eta)
@@ -58,7 +67,7 @@ def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int = 50,
         noise = None
         if sigmas[index] > 0:
             noise = ms.Tensor(rng.standard_normal(tuple(x.shape)).astype(np.float32))
-        x, _ = ddim_step(x, e_t, alphas[index], alphas_prev[index], sigmas[index], noise)
+        x, _ = ddim_step(x, e_t, alphas[index], alphas_prev[index], sigmas[index], noise, clip_x0)
         if callback is not None:
             callback(i, x)
     return x
@@ -120,14 +129,16 @@ def dpmpp_2m_coefficients(sigmas: np.ndarray, i: int):
 
 
 def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int = 20, karras: bool = False,
-                    progress: bool = False, callback=None):
-    """DPM-Solver++ 2M (data prediction, multistep) from x_T; deterministic."""
+                    progress: bool = False, callback=None, clip_x0: Optional[float] = None):
+    """DPM-Solver++ 2M (data prediction, multistep) from x_T; deterministic. clip_x0: x0 clipped to [-c, c]."""
     timesteps, sigmas = dpmpp_schedule(alphas_cumprod, steps, karras)
     x, prev_x0 = x_T, None
     for i in tqdm(range(len(timesteps)), desc="DPM++ 2M", disable=not progress):
         eps = eps_fn(x, int(timesteps[i]))
         alpha_s, sig_s = _alpha_sigma(float(sigmas[i]))
         x0 = (x - float(sig_s) * eps) / float(alpha_s)
+        if clip_x0 is not None:
+            x0 = ops.clamp(x0, -float(clip_x0), float(clip_x0))
         c_x, c0, c1 = dpmpp_2m_coefficients(sigmas, i)
         x_new = float(c0) * x0
         if c_x != 0.0:
@@ -141,12 +152,12 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int =
 
 
 def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int, eta: float = 0.0,
-           rng=None, karras: bool = False, progress: bool = False, callback=None):
+           rng=None, karras: bool = False, progress: bool = False, callback=None, clip_x0: Optional[float] = None):
     """Dispatch by sampler name ("ddim" | "dpmpp2m")."""
     check_sampler(name, eta)
     if name == "ddim":
-        return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback)
-    return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
+        return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback, clip_x0)
+    return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback, clip_x0)
 
 
 # ----------------------------------------------------------------------------- guidance

@@ -22,8 +22,9 @@ class MVDreamPipeline:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet.eval(), vae.eval(), text_encoder.eval(), tokenizer
         self.alphas_cumprod = schedule_from_config(model_params)
         self.scale_factor = float(model_params.get("scale_factor", 0.18215))
-        from mindspore_impl.mvdream.first_stage_spec import downsample_of
+        from mindspore_impl.mvdream.first_stage_spec import downsample_of, is_identity
         self.downsample = downsample_of(model_params["first_stage_config"])
+        self.clip_x0 = self.scale_factor if is_identity(model_params["first_stage_config"]) else None
         self.latent_channels = int(model_params["unet_config"]["params"].get("in_channels", 4))
 
     @classmethod
@@ -73,6 +74,6 @@ class MVDreamPipeline:
         shape = (num_frames, self.latent_channels, height // f, width // f)
         x_T = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
         latents = samplers.sample(sampler, eps_fn, x_T, self.alphas_cumprod, steps, eta=eta, rng=rng,
-                                  karras=karras, progress=progress)
+                                  karras=karras, progress=progress, clip_x0=self.clip_x0)
         images = self.decode(latents)
         return (images, latents) if return_latents else images

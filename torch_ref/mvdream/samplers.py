@@ -27,7 +27,8 @@ def ddim_parameters(alphas_cumprod, timesteps, eta: float):
 
 @torch.no_grad()
 def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 50, eta: float = 0.0,
-                rng: Optional[np.random.RandomState] = None, progress: bool = False, callback=None):
+                rng: Optional[np.random.RandomState] = None, progress: bool = False, callback=None,
+                clip_x0: Optional[float] = None):
     ts = ddim_timesteps(steps, len(alphas_cumprod))
     sigmas, alphas, alphas_prev = ddim_parameters(alphas_cumprod, ts, eta)
     sqrt_one_minus_alphas = torch.sqrt(1.0 - alphas)
@@ -44,6 +45,9 @@ def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 50, eta: float 
         sigma_t = torch.full((b, 1, 1, 1), sigmas[index].item())
         sqrt_one_minus_at = torch.full((b, 1, 1, 1), sqrt_one_minus_alphas[index].item())
         pred_x0 = (img - sqrt_one_minus_at * e_t) / a_t.sqrt()
+        if clip_x0 is not None:  # DDPM's clip_denoised, eps recomputed from the clipped x0
+            pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
+            e_t = (img - a_t.sqrt() * pred_x0) / sqrt_one_minus_at
         dir_xt = (1.0 - a_prev - sigma_t ** 2).sqrt() * e_t
         img = a_prev.sqrt() * pred_x0 + dir_xt
         if sigmas[index] > 0:
@@ -85,7 +89,7 @@ def _alpha_sigma(sigma):
 
 @torch.no_grad()
 def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 20, karras: bool = False,
-                    progress: bool = False, callback=None):
+                    progress: bool = False, callback=None, clip_x0: Optional[float] = None):
     timesteps, sigmas = dpmpp_schedule(alphas_cumprod, steps, karras)
     x, outputs = x_T, []
     n = len(timesteps)
@@ -93,6 +97,8 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 20, karras:
         eps = eps_fn(x, int(timesteps[i]))
         alpha_s0, sigma_s0 = _alpha_sigma(sigmas[i])
         x0 = (x - sigma_s0 * eps) / alpha_s0
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
         outputs = (outputs + [x0])[-2:]
         alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
         lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
@@ -114,11 +120,11 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 20, karras:
 
 
 def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod, steps: int, eta: float = 0.0, rng=None,
-           karras: bool = False, progress: bool = False, callback=None):
+           karras: bool = False, progress: bool = False, callback=None, clip_x0: Optional[float] = None):
     check_sampler(name, eta)
     if name == "ddim":
-        return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback)
-    return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback)
+        return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback, clip_x0)
+    return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback, clip_x0)
 
 
 def guided_eps_fn(model_fn, context, uncontext=None, scale: float = 1.0, camera=None,

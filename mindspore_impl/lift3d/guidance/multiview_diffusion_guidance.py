@@ -128,6 +128,9 @@ class MultiviewDiffusionGuidance(nn.Cell):
         self.vae = vae
         self.noise_schedule = noise_schedule
         self.scale_factor = float(scale_factor)
+        # pixel space: the x0 target is an image, clipped to [-1, 1] (x scale_factor) like the sampler's x0
+        from mindspore_impl.mvdream.first_stage import IdentityFirstStage
+        self.clip_x0 = isinstance(vae, IdentityFirstStage)
         self.n_view = int(cfg.n_view)
         self.image_size = int(cfg.image_size)
         self.guidance_scale = float(cfg.guidance_scale)
@@ -240,6 +243,8 @@ class MultiviewDiffusionGuidance(nn.Cell):
                 if self.recon_std_rescale > 0:
                     x0_nocfg = self.noise_schedule.predict_start_from_noise(x_t, timesteps, e_c)
                     x0 = rescale_x0(x0, x0_nocfg, self.n_view, self.recon_std_rescale)
+                if self.clip_x0:
+                    x0 = ops.clamp(x0, -self.scale_factor, self.scale_factor)
                 grad = y - x0
             else:
                 grad = (1.0 - a_t) * (e - noise)

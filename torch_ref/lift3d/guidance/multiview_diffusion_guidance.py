@@ -46,6 +46,8 @@ class MultiviewDiffusionGuidance(nn.Module):
         self.vae = vae
         self.noise_schedule = noise_schedule
         self.scale_factor = float(scale_factor)
+        from torch_ref.mvdream.first_stage import IdentityFirstStage
+        self.clip_x0 = isinstance(vae, IdentityFirstStage)
         self.num_train_timesteps = int(noise_schedule.num_timesteps)
         self.register_buffer("alphas_cumprod", torch.tensor(noise_schedule.alphas_cumprod_np,
                                                              dtype=torch.float32), persistent=False)
@@ -71,6 +73,8 @@ class MultiviewDiffusionGuidance(nn.Module):
         size = self.cfg.image_size
         x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
         x = x * 2.0 - 1.0
+        if self.clip_x0:  # pixel space (identity first stage): nothing to sample
+            return self.vae.encode_sample(x) * self.scale_factor
         return self.vae.encode(x).sample(vae_noise) * self.scale_factor
 
     @torch.no_grad()
@@ -102,6 +106,8 @@ class MultiviewDiffusionGuidance(nn.Module):
                     if self.cfg.recon_std_rescale > 0:
                         x0_nocfg = self.noise_schedule.predict_start_from_noise(x_t, timesteps, e_c)
                         x0 = rescale_x0(x0, x0_nocfg, self.cfg.n_view, self.cfg.recon_std_rescale)
+                    if self.clip_x0:
+                        x0 = x0.clamp(-self.scale_factor, self.scale_factor)
                     grad = y - x0
                 else:
                     grad = (1 - a_t) * (e - noise)
