@@ -313,6 +313,16 @@ def test_from_config_loads_the_converted_checkpoint(tmp_path):
     assert rel < 2e-2
 
 
+def _pixel_space_inputs(mgd):
+    """One object x 4 views at 32x32 with the demo model's 64-wide text embeddings."""
+    rng = np.random.default_rng(0)
+    inputs = mgd.sample_inputs(rng, N_VIEW)
+    inputs["rgb"] = rng.uniform(0, 1, (N_VIEW, 32, 32, 3)).astype(np.float32)
+    inputs["c2w"] = _c2w(1)
+    inputs["text_embeddings"] = rng.standard_normal((2 * N_VIEW, 77, 64)).astype(np.float32)
+    return inputs
+
+
 def test_pixel_space_demo_model_drives_sds(tmp_path):
     """configs/demo-model.yaml (identity first stage, 12x16x16 'latents'): from_config builds, loads
     strictly and gives a finite loss whose gradient reaches every rendered pixel."""
@@ -325,13 +335,8 @@ def test_pixel_space_demo_model_drives_sds(tmp_path):
     mgd = find("multiview-diffusion-guidance").from_config(dict(ckpt_path=ckpt, config_path=demo, n_view=N_VIEW,
                                                                  image_size=32))
     assert mgd.latent_shape() == (12, 16, 16) and mgd.trainable_params() == []
-    rng = np.random.default_rng(0)
     mgd.update_step(4000)
-    inputs = mgd.sample_inputs(rng, N_VIEW)
-    inputs["rgb"] = rng.uniform(0, 1, (N_VIEW, 32, 32, 3)).astype(np.float32)
-    inputs["c2w"] = _c2w(1)
-    inputs["text_embeddings"] = rng.standard_normal((2 * N_VIEW, 77, 64)).astype(np.float32)
-    loss, grad, _ = _ms_step(mgd, inputs)
+    loss, grad, _ = _ms_step(mgd, _pixel_space_inputs(mgd))
     g = grad.asnumpy()
     print(f"[pixel-space] loss {float(loss):.4f}, |grad| min {np.abs(g).min():.2e} max {np.abs(g).max():.2e}")
     assert np.isfinite(float(loss)) and float(loss) > 0
@@ -357,13 +362,9 @@ def test_pixel_space_x0_clip_parity():
     tgd = tg.MultiviewDiffusionGuidance(cfg, tu, TIdentity(3, 2), t_schedule.NoiseSchedule.from_config(params), 1.0)
     mgd = msg.MultiviewDiffusionGuidance(cfg, mu, MsIdentity(3, 2), ms_schedule.NoiseSchedule.from_config(params), 1.0)
     assert mgd.clip_x0 and tgd.clip_x0
-    rng = np.random.default_rng(0)
     tgd.update_step(0)
     mgd.update_step(0)
-    inputs = mgd.sample_inputs(rng, N_VIEW)
-    inputs["rgb"] = rng.uniform(0, 1, (N_VIEW, 32, 32, 3)).astype(np.float32)
-    inputs["c2w"] = _c2w(1)
-    inputs["text_embeddings"] = rng.standard_normal((2 * N_VIEW, 77, 64)).astype(np.float32)
+    inputs = _pixel_space_inputs(mgd)
     t_loss, t_grad, _ = _torch_step(tgd, inputs)
     m_loss, m_grad, _ = _ms_step(mgd, inputs)
     assert_parity(m_loss, t_loss, "pixel-space x0 clip: loss")
