@@ -41,6 +41,7 @@ class ExperimentConfig:
     use_timestamp: bool = True
     exp_root_dir: str = "outputs"
     resume: Optional[str] = None
+    mode: Optional[str] = None  # pynative | graph; --mode overrides it; neither: pynative
     data_type: str = ""
     data: dict = field(default_factory=dict)
     system_type: str = ""
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--test", action="store_true", help="render the test orbit video of resume=PATH")
     group.add_argument("--export", action="store_true", help="export the mesh of resume=PATH")
     p.add_argument("--device", type=_device, default="CPU", help="CPU | Ascend | GPU (default CPU)")
-    p.add_argument("--mode", type=_mode, default="pynative", help="pynative | graph (default pynative)")
+    p.add_argument("--mode", type=_mode, default=None,
+                   help="pynative | graph (default: the config's `mode`, else pynative)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     return p
 
@@ -182,6 +184,10 @@ def main(argv: Optional[list[str]] = None):
     cfg = load_config(args.config, overrides)
     if args.seed is not None:
         cfg.seed = args.seed
+    try:
+        context_mode = args.mode or (_mode(cfg.mode) if cfg.mode else "pynative")
+    except argparse.ArgumentTypeError as exc:
+        raise LaunchError(f"config key mode: {exc}") from None
     system_cls, data_cls = check_config(cfg, mode)
 
     import numpy as np
@@ -191,7 +197,7 @@ def main(argv: Optional[list[str]] = None):
     from mindspore_impl.core.trial import Trial
 
     seed = int(cfg.seed)
-    device.setup(args.device, args.mode, seed)
+    device.setup(args.device, context_mode, seed)
     np.random.seed(seed)
     random.seed(seed)
     dm = data_cls(_section(cfg, "data"), seed=seed)

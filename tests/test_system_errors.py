@@ -50,6 +50,12 @@ def test_unknown_or_bad_config_key(tmp_path, override, match):
     _fails(tmp_path, PLAIN, [PROMPT, override], ConfigError, match)
 
 
+def test_bad_context_mode_in_config(tmp_path):
+    from launch import LaunchError
+    _fails(tmp_path, PLAIN, [PROMPT, "mode=fast"], LaunchError,
+           "config key mode: must be one of pynative, graph, got 'fast'")
+
+
 @pytest.mark.parametrize("prompt", [None, "", "   "])
 def test_empty_prompt(tmp_path, prompt):
     overrides = [] if prompt is None else [f"system.prompt_processor.prompt={prompt}"]
