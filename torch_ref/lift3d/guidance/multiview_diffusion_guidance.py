@@ -47,7 +47,8 @@ class MultiviewDiffusionGuidance(nn.Module):
         self.noise_schedule = noise_schedule
         self.scale_factor = float(scale_factor)
         from torch_ref.mvdream.first_stage import IdentityFirstStage
-        self.clip_x0 = isinstance(vae, IdentityFirstStage)
+        self.pixel_space = isinstance(vae, IdentityFirstStage)
+        self.clip_x0 = self.pixel_space  # the x0 target is an image: clipped to [-1, 1] x scale_factor
         self.num_train_timesteps = int(noise_schedule.num_timesteps)
         self.register_buffer("alphas_cumprod", torch.tensor(noise_schedule.alphas_cumprod_np,
                                                              dtype=torch.float32), persistent=False)
@@ -73,7 +74,7 @@ class MultiviewDiffusionGuidance(nn.Module):
         size = self.cfg.image_size
         x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
         x = x * 2.0 - 1.0
-        if self.clip_x0:  # pixel space (identity first stage): nothing to sample
+        if self.pixel_space:  # identity first stage: nothing to sample
             return self.vae.encode_sample(x) * self.scale_factor
         return self.vae.encode(x).sample(vae_noise) * self.scale_factor
 
