@@ -197,11 +197,14 @@ def main():
     mode = "GRAPH" if args.graph else "PyNative"
     print(f"render fwd+bwd {args.views} views x {args.res}x{args.res}, {args.samples} samples"
           f" + {args.importance} importance per ray, repeat {args.repeat}")
+    n_samples = args.views * args.res * args.res * (args.samples + args.importance)
     for fw, r in (("mindspore (" + mode + ")", ms_r), ("torch_ref", pt_r)):
         print(f"  {fw:22s} step {r['step_s']:.2f} s (first {r['first_s']:.2f} s), peak RSS {r['peak_rss_gb']:.2f} GB"
-              f" (+{r['render_rss_gb']:.2f} GB while rendering), loss {r['loss']:.5f}")
+              f" (+{r['render_rss_gb']:.2f} GB while rendering = {r['render_rss_gb'] * 2 ** 30 / n_samples / 1024:.1f}"
+              f" KB per sample), loss {r['loss']:.5f}")
     print(f"  ratio mindspore/torch: time {ms_r['step_s'] / pt_r['step_s']:.2f}x,"
           f" peak RSS {ms_r['peak_rss_gb'] / pt_r['peak_rss_gb']:.2f}x,"
+          f" bytes per sample {ms_r['render_rss_gb'] / max(pt_r['render_rss_gb'], 1e-9):.2f}x,"
           f" loss rel diff {abs(ms_r['loss'] - pt_r['loss']) / max(1e-12, abs(pt_r['loss'])):.1e}")
 
 

@@ -37,7 +37,7 @@ class ImplicitVolume(nn.Cell):
         c = self.cfg
         self.radius = c.radius
         self.isosurface_threshold = c.isosurface_threshold
-        self.encoding = get_encoding(c.n_input_dims, c.pos_encoding_config)
+        self.encoding = get_encoding(c.n_input_dims, c.pos_encoding_config, second_order=c.normal_type == "analytic")
         self.density_network = get_mlp(self.encoding.n_output_dims, 1, c.mlp_network_config)
         self.feature_network = get_mlp(self.encoding.n_output_dims, c.n_feature_dims, c.mlp_network_config)
         self.density_act = check_activation(c.density_activation)
