@@ -224,7 +224,11 @@ def _cli() -> None:
     try:
         main()
     except Exception as exc:  # user errors get one line; bugs keep their traceback
-        if isinstance(exc, (LaunchError, ConfigError)) or type(exc).__name__ == "CheckpointError":
+        user_errors = (LaunchError, ConfigError)
+        checkpoint = sys.modules.get("mindspore_impl.core.checkpoint")  # loaded if it raised (no import here)
+        if checkpoint is not None:
+            user_errors += (checkpoint.CheckpointError,)  # and its subclasses: write, non-finite, incomplete
+        if isinstance(exc, user_errors):
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
         raise

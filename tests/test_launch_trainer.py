@@ -322,6 +322,10 @@ def test_checkpoint_files_atomic_pairs_and_pruning(tmp_path):
     assert len(prune_step_checkpoints(d, keep=1)) == 4
     assert sorted(os.listdir(d)) == ["last.ckpt", "last.json", "step000006.ckpt", "step000006.json"]
     os.remove(os.path.join(d, "step000006.json"))  # as if the run died between the two writes
+    messages = []  # an incomplete checkpoint falls back to the newest complete one (here last, step 6), saying so
+    arrays, meta = load_training_state(os.path.join(d, "step000006.ckpt"), log=messages.append)
+    assert meta["global_step"] == 6 and "step000006.ckpt has no step000006.json beside it" in messages[0]
+    os.remove(os.path.join(d, "last.json"))
     with pytest.raises(CheckpointError, match="step000006.ckpt has no step000006.json beside it"):
         load_training_state(os.path.join(d, "step000006.ckpt"))
     assert not [f for f in os.listdir(d) if f.startswith(".tmp_")]

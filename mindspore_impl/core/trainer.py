@@ -13,6 +13,14 @@ Step counting follows Lightning/threestudio: `global_step` is the number of fini
 Step s trains with global_step = s; afterwards global_step = s + 1 and, when it is a multiple of the
 interval, validation runs (images `it{global_step}-{i}.png`) and then a checkpoint `step{global_step}` is
 written (after validation, so a resumed run continues from exactly the state the uninterrupted run had).
+
+Checkpoints (layout and crash safety: core/train_state.py): a save writes stepNNNNNN.ckpt/.json, then
+publishes `last` from it, then prunes to the newest `save_top_k` step checkpoints (-1 all, 0 none: `last`
+only); the final save of a run whose last step is not a save step is staged as a step checkpoint,
+published as `last`, and the staging files removed. A save whose arrays hold NaN/inf is refused
+(NonFiniteCheckpointError naming the array and the last good checkpoint) and a disk error stops the run
+with CheckpointWriteError; in both cases every earlier checkpoint is intact. A trainer removes the
+temporaries of killed writes from its checkpoint folder when it starts.
 """
 from __future__ import annotations
 
@@ -26,9 +34,10 @@ from typing import Any, Optional
 import numpy as np
 
 from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.train_state import (capture_global_rng, copy_training_state, load_training_state,
-                                             prune_step_checkpoints, restore_global_rng, save_training_state,
-                                             step_name)
+from mindspore_impl.core.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteCheckpointError
+from mindspore_impl.core.train_state import (LAST, capture_global_rng, clean_stale_files, copy_training_state,
+                                             open_training_state, prune_step_checkpoints, remove_checkpoint,
+                                             resolve_resume, restore_global_rng, save_training_state, step_name)
 from mindspore_impl.core.trial import Trial
 
 
@@ -49,7 +58,8 @@ class TrainerConfig:
 class CheckpointConfig:
     every_n_train_steps: Optional[int] = None  # None or 0: only the final (last) checkpoint
     save_last: bool = True                     # last.ckpt/.json at every save and at the end of training
-    save_top_k: int = -1                       # keep the newest k stepNNNNNN checkpoints (-1: all)
+    save_top_k: int = -1                       # keep the newest k stepNNNNNN checkpoints (-1: all, 0: none;
+                                               # with save_last=false the newest is always kept)
 
 
 def _metric_value(v: Any) -> float:
@@ -68,7 +78,9 @@ class Trainer:
         self.ckpt_cfg = parse_structured(CheckpointConfig, checkpoint, "checkpoint")
         self.global_step = 0
         self.log = log
-        self.last_checkpoint: Optional[str] = None
+        self.last_checkpoint: Optional[str] = None  # written by this trainer
+        self.resumed_from: Optional[str] = None
+        clean_stale_files(self.trial.ckpt_dir, log=self.log)
 
     # ----- state
 
@@ -81,26 +93,64 @@ class Trainer:
         return arrays, meta
 
     def save_checkpoint(self, name: Optional[str] = None) -> str:
+        """Write a checkpoint of the current state; returns its .ckpt path.
+
+        name None: stepNNNNNN (then `last` is published from it and old steps pruned); "last": the final
+        state as `last` only (staged as a step checkpoint, which is removed once `last` is published)."""
         arrays, meta = self.state()
-        name = name or step_name(self.global_step)
-        path = save_training_state(self.trial.ckpt_dir, name, arrays, meta)
-        if name != "last":
-            prune_step_checkpoints(self.trial.ckpt_dir, self.ckpt_cfg.save_top_k)
-            if self.ckpt_cfg.save_last:
-                copy_training_state(path, "last")
+        ckpt_dir = self.trial.ckpt_dir
+        staged = name == LAST
+        name = step_name(self.global_step) if (name is None or staged) else name
+        staging_existed = staged and os.path.exists(os.path.join(ckpt_dir, name + ".json"))
+        try:
+            path = save_training_state(ckpt_dir, name, arrays, meta)
+            if self.ckpt_cfg.save_last or staged:
+                path_last = copy_training_state(path, LAST)  # published before anything is pruned
+                if staged and not staging_existed:
+                    remove_checkpoint(ckpt_dir, name)
+                    path = path_last
+            prune_step_checkpoints(ckpt_dir, self.ckpt_cfg.save_top_k,
+                                   protect=() if (self.ckpt_cfg.save_last or staged) else (name,))
+        except NonFiniteCheckpointError as exc:
+            raise NonFiniteCheckpointError(
+                f"training stopped at step {self.global_step}: {exc.key} holds {exc.kind} values, so no "
+                f"checkpoint was written (the run diverged); {self._last_good()}", exc.key, exc.kind) from None
+        except CheckpointWriteError as exc:
+            raise CheckpointWriteError(f"{exc}; training stopped at step {self.global_step}; "
+                                       f"{self._last_good()}") from None
+        if not os.path.exists(path) and self.ckpt_cfg.save_last:  # save_top_k=0: the step file is gone
+            path = os.path.join(ckpt_dir, LAST + ".ckpt")
         self.last_checkpoint = path
         return path
 
+    def _last_good(self) -> str:
+        try:
+            where = resolve_resume(self.trial.ckpt_dir)  # the newest complete checkpoint of this run
+        except (CheckpointError, OSError):
+            where = self.resumed_from
+        if where is None:
+            return "no checkpoint of this run was written"
+        return f"the last good checkpoint is {where}"
+
     def restore(self, path: str) -> int:
-        """Load a checkpoint written by save_checkpoint: parameters, optimizer, step, grids, RNG states."""
-        arrays, meta = load_training_state(path)
+        """Load a checkpoint written by save_checkpoint: parameters, optimizer, step, grids, RNG states.
+
+        `path` is a .ckpt or a checkpoint folder; an incomplete or corrupt one falls back to the newest
+        complete checkpoint with a message (see core/train_state.py)."""
+        info, arrays = open_training_state(path, log=self.log)
+        meta = info.meta
+        missing = [k for k in ("global_step", "system", "global_rng") if k not in meta]
+        if missing:
+            raise CheckpointError(f"{info.path} is not a checkpoint written by this trainer "
+                                  f"(its record has no {', '.join(missing)})")
         self.system.load_state_dict(arrays, meta["system"])
         if "data" in meta and hasattr(self.dm, "set_state"):
             self.dm.set_state(meta["data"])
         restore_global_rng(meta["global_rng"])
         self.global_step = int(meta["global_step"])
         self.system.set_step(self.global_step)
-        self.log(f"resumed from {path} at step {self.global_step}")
+        self.resumed_from = info.path
+        self.log(f"resumed from {info.path} at step {self.global_step}")
         return self.global_step
 
     # ----- loops
