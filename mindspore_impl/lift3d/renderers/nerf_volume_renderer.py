@@ -148,6 +148,15 @@ class NeRFVolumeRenderer(nn.Cell):
                 "depth": out["depth"].reshape(img), "z_variance": out["z_variance"].reshape(img),
                 "weights": out["weights"], "t_points": out["t_points"], "t_dirs": out["t_dirs"]}
 
+    def render_ray_chunk(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
+                         ambient_color=None, diffuse_color=None):
+        """Flat rays (C,3) with per-ray light positions (C,3) and jitter (C,S) or None -> render_rays' dict,
+        the background drawn per ray. One chunk of render_chunked and of deferred backpropagation."""
+        c = rays_o.shape[0]
+        bg = self.background(rays_d.reshape(1, 1, c, 3), bg_aug_color).reshape(c, 3)
+        u_c, u_i = self._uniforms(jitter, c, rays_o)
+        return self.render_rays(rays_o, rays_d, light_positions, u_c, u_i, bg, shading, ambient_color, diffuse_color)
+
     def render_chunked(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
                        ambient_color=None, diffuse_color=None, chunk_size: Optional[int] = None):
         """Same image outputs as construct, rendered in fixed-size ray chunks (the last one padded), so a 512x512
@@ -168,10 +177,9 @@ class NeRFVolumeRenderer(nn.Cell):
         jit = None if flat_jitter is None else padded(flat_jitter)
         pieces = {}
         for s in range(0, n_rays + pad, chunk):
-            bg = self.background(d[s:s + chunk].reshape(1, 1, chunk, 3), bg_aug_color).reshape(chunk, 3)
-            u_c, u_i = self._uniforms(None if jit is None else jit[s:s + chunk], chunk, o)
-            out = self.render_rays(o[s:s + chunk], d[s:s + chunk], lp[s:s + chunk], u_c, u_i, bg, shading,
-                               ambient_color, diffuse_color)
+            out = self.render_ray_chunk(o[s:s + chunk], d[s:s + chunk], lp[s:s + chunk],
+                                        None if jit is None else jit[s:s + chunk], bg_aug_color, shading,
+                                        ambient_color, diffuse_color)
             for key in IMAGE_KEYS:
                 if key in out:
                     pieces.setdefault(key, []).append(ops.stop_gradient(out[key]))

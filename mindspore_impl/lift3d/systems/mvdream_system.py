@@ -67,6 +67,10 @@ class MVDreamSystemConfig(BaseSystemConfig):
     loss_scale: float = 1.0
     # clip the global gradient norm of the trained parameters (None: off)
     grad_clip: Optional[float] = None
+    # 0: render, guidance, backward and update in one graph. N > 0: deferred backpropagation over fixed
+    # chunks of N rays (render without a graph, d loss / d image through VAE and UNet, then re-render each
+    # chunk with gradients): activation memory is bounded at any resolution; the renderer runs twice.
+    render_chunk_rays: int = 0
     # mesh export (lift3d/export/mesh.py MeshExportConfig); threshold defaults to the geometry's
     exporter_type: str = "mesh-exporter"
     exporter: dict = field(default_factory=dict)
@@ -75,11 +79,20 @@ class MVDreamSystemConfig(BaseSystemConfig):
 # ----------------------------------------------------------------------------- losses (in graph)
 
 
+def orient_sum(weights, normal, t_dirs):
+    """sum(sg(w) * clamp(n . d, min=0)^2) over samples: additive over ray chunks."""
+    facing = ops.clamp((normal * t_dirs).sum(axis=-1, keepdims=True), min=0.0)
+    return (ops.stop_gradient(weights) * facing ** 2).sum()
+
+
+def lit_pixel_count(opacity):
+    """count(opacity > 0), at least 1: the orient loss's denominator (no gradient)."""
+    return ops.maximum(ops.stop_gradient((opacity > 0).astype(ms.float32).sum()), 1.0)
+
+
 def orient_loss(weights, normal, t_dirs, opacity):
     """sum(sg(w) * clamp(n . d, min=0)^2) / count(opacity > 0): normals must not face the camera ray."""
-    facing = ops.clamp((normal * t_dirs).sum(axis=-1, keepdims=True), min=0.0)
-    count = ops.stop_gradient((opacity > 0).astype(ms.float32).sum())
-    return (ops.stop_gradient(weights) * facing ** 2).sum() / ops.maximum(count, 1.0)
+    return orient_sum(weights, normal, t_dirs) / lit_pixel_count(opacity)
 
 
 def sparsity_loss(opacity):
@@ -98,14 +111,33 @@ def z_variance_loss(z_variance, opacity):
     return (z_variance * mask).sum() / ops.maximum(mask.sum(), 1.0)
 
 
+def image_regularizers(out: dict, active: tuple) -> list:
+    """[sparsity, opaque, z_variance], the regularisers of per-pixel maps (inactive ones are 0, not computed)."""
+    zero = ops.zeros((), ms.float32)
+    sparsity = sparsity_loss(out["opacity"]) if active[2] else zero
+    opaque = opaque_loss(out["opacity"]) if active[3] else zero
+    z_var = z_variance_loss(out["z_variance"], out["opacity"]) if active[4] else zero
+    return [sparsity, opaque, z_var]
+
+
 def regularizer_losses(out: dict, active: tuple) -> list:
     """[orient, sparsity, opaque, z_variance] for the active flags (inactive ones are 0, not computed)."""
     zero = ops.zeros((), ms.float32)
     orient = orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]) if active[1] else zero
-    sparsity = sparsity_loss(out["opacity"]) if active[2] else zero
-    opaque = opaque_loss(out["opacity"]) if active[3] else zero
-    z_var = z_variance_loss(out["z_variance"], out["opacity"]) if active[4] else zero
-    return [orient, sparsity, opaque, z_var]
+    return [orient] + image_regularizers(out, active)
+
+
+# per-pixel maps a deferred step keeps between its passes, with their channel counts
+DEFERRED_MAPS = (("comp_rgb_fg", 3), ("comp_rgb_bg", 3), ("opacity", 1), ("z_variance", 1))
+
+
+def split_maps(maps) -> dict:
+    """(..., 8) stacked maps -> {name: (..., channels)} in DEFERRED_MAPS order."""
+    out, start = {}, 0
+    for key, width in DEFERRED_MAPS:
+        out[key] = maps[..., start:start + width]
+        start += width
+    return out
 
 
 def composite_background(out: dict, bg_color, bg_mask):
@@ -239,6 +271,8 @@ class MVDreamSystem(BaseSystem):
             raise ConfigError(f"system.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.cfg.amp_dtype!r}")
         if not self.cfg.loss_scale > 0:
             raise ConfigError(f"system.loss_scale must be > 0, got {self.cfg.loss_scale}")
+        if self.cfg.render_chunk_rays < 0:
+            raise ConfigError(f"system.render_chunk_rays must be >= 0 (0: one graph), got {self.cfg.render_chunk_rays}")
 
     @staticmethod
     def _check_prompt(pp_cfg) -> None:
@@ -400,11 +434,122 @@ class MVDreamSystem(BaseSystem):
 
         return ms.jit(step) if ms.get_context("mode") == ms.GRAPH_MODE else step
 
+    # ----- the step with deferred backpropagation (render_chunk_rays > 0)
+
+    def chunk_maps(self, shading, rays_o, rays_d, light_positions, jitter, ambient_color, diffuse_color, valid):
+        """One chunk of flat rays (C,...) -> (maps (C, 8) stacked in DEFERRED_MAPS order, orient sum over the
+        chunk's valid rays); `valid` (C,) is 0 for the rays that pad the last chunk."""
+        out = self.renderer.render_ray_chunk(rays_o, rays_d, light_positions, jitter, None, shading, ambient_color,
+                                             diffuse_color)
+        maps = ops.concat([out[key] for key, _ in DEFERRED_MAPS], -1)
+        if not self.loss_active[1]:
+            return maps, ops.zeros((), ms.float32)
+        n = rays_o.shape[0]
+        weights = (out["weights"].reshape(n, -1) * valid.reshape(n, 1)).reshape(-1, 1)
+        return maps, orient_sum(weights, out["normal"], out["t_dirs"])
+
+    def image_loss(self, maps, bg_color, bg_mask, c2w, text_embeddings, t, noise, vae_noise, loss_weights,
+                   orient_total):
+        """forward()'s loss as a function of the stacked maps (B,H,W,8) -> (loss, aux (8,)): aux is forward's
+        plus the orient weight / lit-pixel count, the factor of the orient sum in the chunk pass (the orient
+        sum enters here as a number; its gradient comes from the chunk pass)."""
+        out = split_maps(maps)
+        rgb = composite_background(out, bg_color, bg_mask)
+        loss_sds, grad_norm = self.guidance(rgb, c2w, text_embeddings, t, noise, vae_noise)
+        count = lit_pixel_count(out["opacity"])
+        terms = [loss_sds, orient_total / count] + image_regularizers(out, self.loss_active)
+        loss = terms[0] * loss_weights[0]
+        for i in range(1, len(terms)):
+            loss = loss + terms[i] * loss_weights[i]
+        return loss, ops.stack([loss] + terms + [grad_norm, loss_weights[1] / count])
+
+    def _deferred_fns(self, shading: str) -> dict:
+        """The four compiled (or PyNative) pieces of a deferred step for one shading mode, built on first use:
+        render (no graph), image_grad (d loss / d maps), accumulate (chunk gradients), update (optimizer)."""
+        key = ("deferred", shading)
+        if key in self._steps:
+            return self._steps[key]
+        if self.optimizer is None:
+            self.configure_optimizers()
+        opt, clip, scale = self.optimizer, self.cfg.grad_clip, float(self.cfg.loss_scale)
+        compile_fn = ms.jit if ms.get_context("mode") == ms.GRAPH_MODE else (lambda fn: fn)
+
+        def render(*chunk):
+            maps, osum = self.chunk_maps(shading, *chunk)
+            return ops.stop_gradient(maps), ops.stop_gradient(osum)
+
+        def scaled_image_loss(*inputs):
+            loss, aux = self.image_loss(*inputs)
+            return loss * scale, aux
+
+        image_grad = ms.value_and_grad(scaled_image_loss, 0, None, has_aux=True)
+
+        def chunk_objective(rays_o, rays_d, light_positions, jitter, ambient, diffuse, valid, d_maps, orient_scale):
+            maps, osum = self.chunk_maps(shading, rays_o, rays_d, light_positions, jitter, ambient, diffuse, valid)
+            return (maps * d_maps).sum() + orient_scale * osum
+
+        chunk_grad = ms.grad(chunk_objective, None, opt.parameters)
+
+        def accumulate(acc, *chunk):
+            return tuple(a + g for a, g in zip(acc, chunk_grad(*chunk)))
+
+        def update(grads):
+            if scale != 1.0:
+                grads = tuple(g / scale for g in grads)
+            if clip is not None:
+                grads = ops.clip_by_global_norm(grads, clip)
+            return opt(grads)
+
+        fns = {"render": compile_fn(render), "image_grad": compile_fn(image_grad),
+               "accumulate": compile_fn(accumulate), "update": compile_fn(update)}
+        self._steps[key] = fns
+        return fns
+
+    def _deferred_step(self, inputs: dict) -> np.ndarray:
+        """Forward + backward + update in fixed chunks of render_chunk_rays rays; returns forward()'s aux."""
+        fns = self._deferred_fns(inputs["shading"])
+        b, h, w, _ = inputs["rays_o"].shape
+        n, chunk = b * h * w, int(self.cfg.render_chunk_rays)
+        pad = (-n) % chunk
+
+        def per_ray(x, fill=None):  # (n, k), the last chunk padded with copies of the last ray (or `fill`)
+            x = np.asarray(x, np.float32).reshape(n, -1)
+            tail = np.repeat(x[-1:], pad, 0) if fill is None else np.full((pad, x.shape[1]), fill, np.float32)
+            return np.concatenate([x, tail], 0)
+
+        light = np.broadcast_to(inputs["light_positions"][:, None, :], (b, h * w, 3))
+        rays = [per_ray(inputs["rays_o"]), per_ray(inputs["rays_d"]), per_ray(light), per_ray(inputs["jitter"])]
+        colors = [ms.Tensor(inputs["ambient_color"]), ms.Tensor(inputs["diffuse_color"])]
+        valid = per_ray(np.ones(n, np.float32), fill=0.0).reshape(-1)
+        chunks = [([ms.Tensor(r[s:s + chunk]) for r in rays] + colors + [ms.Tensor(valid[s:s + chunk])], s)
+                  for s in range(0, n + pad, chunk)]
+
+        maps, orient_total = [], np.float32(0.0)
+        for args, _ in chunks:
+            m, osum = fns["render"](*args)
+            maps.append(m.asnumpy())
+            orient_total += osum.asnumpy()
+        maps = np.concatenate(maps, 0)[:n].reshape(b, h, w, -1)
+        (_, aux), d_maps = fns["image_grad"](
+            ms.Tensor(maps), *[ms.Tensor(inputs[k]) for k in ("bg_color", "bg_mask", "c2w", "text_embeddings", "t",
+                                                               "noise", "vae_noise", "loss_weights")],
+            ms.Tensor(orient_total))
+        aux = aux.asnumpy()
+        d_maps = per_ray(d_maps.asnumpy(), fill=0.0)
+        orient_scale = ms.Tensor(np.float32(aux[-1] * float(self.cfg.loss_scale)))
+        grads = tuple(ops.zeros_like(p) for p in self.optimizer.parameters)
+        for args, s in chunks:
+            grads = fns["accumulate"](grads, *args, ms.Tensor(d_maps[s:s + chunk]), orient_scale)
+        fns["update"](grads)
+        return aux[:-1]
+
     def run_step(self, inputs: dict) -> dict[str, float]:
         """Forward + backward + AdamW update on inputs from draw_step_inputs; returns float metrics."""
-        step = self._step_fn(inputs["shading"])
-        loss, aux = step(*[ms.Tensor(inputs[k]) for k in self.STEP_INPUTS])
-        aux = aux.asnumpy()
+        if self.cfg.render_chunk_rays > 0:
+            aux = self._deferred_step(inputs)
+        else:
+            _, aux = self._step_fn(inputs["shading"])(*[ms.Tensor(inputs[k]) for k in self.STEP_INPUTS])
+            aux = aux.asnumpy()
         metrics = {"loss": float(aux[0])}
         metrics.update({f"loss_{t}": float(aux[1 + i]) for i, t in enumerate(LOSS_TERMS) if self.loss_active[i]})
         metrics["grad_norm_sds"] = float(aux[-1])
