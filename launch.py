@@ -7,8 +7,13 @@
 --train trains, then renders the test orbit (video) and exports; --validate / --test / --export load
 resume=PATH and do that one thing. Each run writes a new trial folder
 <exp_root_dir>/<name>/<tag>@<YYYYMMDD-HHMMSS>/ (see mindspore_impl/core/trial.py).
-Config errors (missing file, bad override, unknown key, unknown module type, missing checkpoint)
-are reported before any model is built or any folder is written.
+Config errors (missing file, bad override, unknown key, unknown module type, out-of-range or non-finite
+values, unavailable --device, unusable exp_root_dir, missing checkpoint, bad resume=PATH) are reported
+before any model is built or any folder is written; a resume checkpoint that does not fit the model is
+found before the trial folder is created. Every such error is a UserError (mindspore_impl/core/errors.py):
+one line `error: <what>; <what to do>` on stderr and exit code 2.
+Ctrl-C or SIGTERM during --train finishes the current step, writes a checkpoint, prints the command that
+resumes the run and exits 130.
 """
 from __future__ import annotations
 
@@ -17,18 +22,19 @@ import inspect
 import os
 import random
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from mindspore_impl.core.errors import UserError, run_cli
 
 DEVICES = ("CPU", "Ascend", "GPU")
 MODES = ("pynative", "graph")
 _OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     """A command-line or config problem found before any work starts."""
 
 
@@ -151,14 +157,16 @@ def check_config(cfg: DictConfig, mode: str):
     from mindspore_impl.core.config import parse_structured
     from mindspore_impl.core.train_state import resolve_resume
     from mindspore_impl.core.trainer import CheckpointConfig, TrainerConfig
+    from mindspore_impl.core.trial import check_output_root
 
     if mode != "train" and not cfg.resume:
         raise LaunchError(f"--{mode} needs resume=PATH to a checkpoint (e.g. outputs/<name>/<trial>/ckpts/last.ckpt)")
     if cfg.resume:
         try:
-            resolve_resume(cfg.resume)
+            resolve_resume(cfg.resume)  # missing, not a checkpoint, incomplete with nothing to fall back to
         except (FileNotFoundError, ValueError) as exc:
             raise LaunchError(str(exc)) from None
+    check_output_root(cfg.exp_root_dir)
     parse_structured(TrainerConfig, _section(cfg, "trainer"), "trainer")
     parse_structured(CheckpointConfig, _section(cfg, "checkpoint"), "checkpoint")
     for key in ("system_type", "data_type"):
@@ -177,8 +185,18 @@ def check_config(cfg: DictConfig, mode: str):
     return classes
 
 
+def resume_command(trial_root: str, checkpoint: str, device: str = "CPU") -> str:
+    """The command that continues an interrupted --train run from `checkpoint`."""
+    import shlex
+    parts = ["python", "launch.py", "--config", os.path.join(trial_root, "configs", "parsed.yaml"), "--train"]
+    if device != "CPU":
+        parts += ["--device", device]
+    return " ".join(shlex.quote(p) for p in parts + [f"resume={checkpoint}"])
+
+
 def main(argv: Optional[list[str]] = None):
-    """Run the launcher; returns the Trainer (tests inspect it). Raises LaunchError/ConfigError on bad input."""
+    """Run the launcher; returns the Trainer (tests inspect it). Raises UserError subclasses on bad input
+    (LaunchError, ConfigError, CheckpointError, ...) and TrainingInterrupted after a clean Ctrl-C / SIGTERM stop."""
     args, overrides = build_parser().parse_known_args(argv)
     mode = next(m for m in ("train", "validate", "test", "export") if getattr(args, m))
     cfg = load_config(args.config, overrides)
@@ -188,12 +206,15 @@ def main(argv: Optional[list[str]] = None):
         context_mode = args.mode or (_mode(cfg.mode) if cfg.mode else "pynative")
     except argparse.ArgumentTypeError as exc:
         raise LaunchError(f"config key mode: {exc}") from None
+    cfg.mode = context_mode  # parsed.yaml re-runs in the same mode
+    from mindspore_impl.core import device
+
+    device.check_device(args.device)
     system_cls, data_cls = check_config(cfg, mode)
 
     import numpy as np
 
-    from mindspore_impl.core import device
-    from mindspore_impl.core.trainer import Trainer
+    from mindspore_impl.core.trainer import Trainer, TrainingInterrupted
     from mindspore_impl.core.trial import Trial
 
     seed = int(cfg.seed)
@@ -204,34 +225,31 @@ def main(argv: Optional[list[str]] = None):
     system = system_cls(_section(cfg, "system"), seed=seed, resumed=cfg.resume is not None)
     if mode == "train":
         system.configure_optimizers()  # a bad optimizer.params path fails here, before the trial folder
+    trainer = Trainer(system, dm, None, _section(cfg, "trainer"), _section(cfg, "checkpoint"))
+    if cfg.resume:
+        trainer.restore(cfg.resume)  # a checkpoint that does not fit the model fails here, before the trial folder
     trial = Trial.create(cfg.exp_root_dir, cfg.name, cfg.tag, cfg.use_timestamp)
     trial.save_config(cfg)
+    trainer.attach(trial)
     print(f"trial folder: {trial.root}")
-    trainer = Trainer(system, dm, trial, _section(cfg, "trainer"), _section(cfg, "checkpoint"))
     if mode == "train":
-        trainer.fit(resume=cfg.resume)
+        try:
+            trainer.fit()
+        except TrainingInterrupted as exc:
+            exc.command = resume_command(trial.root, exc.checkpoint, args.device)
+            raise
         outputs = trainer.test() + trainer.export()
     else:
-        trainer.restore(cfg.resume)
         outputs = {"validate": trainer.validate, "test": trainer.test, "export": trainer.export}[mode]()
     for path in outputs:
         print(f"wrote {path}")
     return trainer
 
 
-def _cli() -> None:
-    from mindspore_impl.core.config import ConfigError
-    try:
-        main()
-    except Exception as exc:  # user errors get one line; bugs keep their traceback
-        user_errors = (LaunchError, ConfigError)
-        checkpoint = sys.modules.get("mindspore_impl.core.checkpoint")  # loaded if it raised (no import here)
-        if checkpoint is not None:
-            user_errors += (checkpoint.CheckpointError,)  # and its subclasses: write, non-finite, incomplete
-        if isinstance(exc, user_errors):
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        raise
+def _cli(argv: Optional[list[str]] = None) -> None:
+    """User errors: one line `error: ...` on stderr, exit 2; a Ctrl-C'd training: the resume command, exit 130;
+    bugs keep their traceback."""
+    run_cli(main, *([] if argv is None else [argv]))
 
 
 if __name__ == "__main__":

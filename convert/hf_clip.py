@@ -61,7 +61,7 @@ def hf_to_openclip(hf_state: dict[str, np.ndarray], prefix: str = HF_PREFIX) -> 
         else:
             unknown.append(prefix + name)
     if outside or unknown:
-        raise CheckpointError("not a CLIPTextModel state dict:\n" + _listing("unmapped keys", outside + unknown))
+        raise CheckpointError("not a CLIPTextModel state dict: " + _listing("unmapped keys", outside + unknown))
     layers = sorted({layer for layer, _, _ in qkv})
     for layer in layers:
         for kind in ("weight", "bias"):
@@ -105,15 +105,15 @@ def main(argv=None) -> int:
     ap.add_argument("--src", required=True, help="HF text_encoder weights (.safetensors or .bin/.pt)")
     ap.add_argument("--dst", required=True, help="output .ckpt or .safetensors (MindSpore names)")
     ap.add_argument("--heads", type=int, default=None, help="attention heads (default width // 64)")
-    args = ap.parse_args(argv)
+    from mindspore_impl.core.errors import report
+    return report(_convert, ap.parse_args(argv))
+
+
+def _convert(args) -> int:
     from convert.io import read_torch_checkpoint
     from mindspore_impl.core.checkpoint import save_params
-    try:
-        out, params = convert_hf_text_encoder(read_torch_checkpoint(args.src), args.heads)
-        save_params(out, args.dst)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    out, params = convert_hf_text_encoder(read_torch_checkpoint(args.src), args.heads)
+    save_params(out, args.dst)
     print(f"wrote {args.dst} ({len(out)} tensors); build it with cond_stage_config.params = {params}")
     return 0
 

@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 
 from mindspore_impl.core.checkpoint import CheckpointError
+from mindspore_impl.core.errors import MissingFileError
 
 DOWNLOAD_HINT = ("The original MVDream weights (sd-v2.1-base-4view.pt) are published at "
                  "https://huggingface.co/MVDream/MVDream; download the file there and pass its local path.")
@@ -28,7 +29,7 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
     tensor dictionary is refused with a CheckpointError that says what the file holds.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}. {DOWNLOAD_HINT}")
+        raise MissingFileError(f"checkpoint not found: {path}. {DOWNLOAD_HINT}")
     import torch
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from mindspore_impl.core.config import to_container
+import os
+
+from mindspore_impl.core.config import ConfigError, to_container
+from mindspore_impl.core.errors import MissingFileError
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,16 @@ def ms_name(sub: Submodel, torch_name: str) -> str:
 
 def load_model_config(path: str) -> dict:
     """`model.params` of an original LDM/MVDream YAML (e.g. configs/sd-v2-base.yaml)."""
-    cfg = to_container(OmegaConf.load(path))
+    if not os.path.isfile(path):
+        raise MissingFileError(f"model config not found: {path} (the original model YAML, e.g. configs/sd-v2-base.yaml)")
+    try:
+        cfg = to_container(OmegaConf.load(path))
+    except Exception as exc:  # YAML scanner / parser errors
+        raise ConfigError(f"cannot parse model config {path}: {str(exc).splitlines()[0]}") from None
     try:
         return cfg["model"]["params"]
     except (KeyError, TypeError):
-        raise ValueError(f"{path} is not an original model config: it needs model.params") from None
+        raise ConfigError(f"{path} is not an original model config: it needs model.params") from None
 
 
 def build_torch(sub: Submodel, model_params: dict, device: str = "cpu"):

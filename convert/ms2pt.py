@@ -15,6 +15,7 @@ from convert.io import write_torch_checkpoint
 from convert.keymaps import SUBMODELS, expected_torch_shapes, load_model_config, name_map
 from convert.pt2ms import DEFAULT_CONFIG
 from mindspore_impl.core.checkpoint import CheckpointError, _listing, check_state_dict, read_params
+from mindspore_impl.core.errors import report
 
 
 def revert_state_dict(state: dict[str, np.ndarray], model_params: dict, log=print) -> dict[str, np.ndarray]:
@@ -36,7 +37,7 @@ def revert_state_dict(state: dict[str, np.ndarray], model_params: dict, log=prin
         log(f"reverted {sub.name}: {len(sub_state)} tensors")
     unknown = sorted(set(state) - claimed)
     if unknown:
-        raise CheckpointError("keys under no known sub-model prefix; nothing was written.\n"
+        raise CheckpointError("keys under no known sub-model prefix; nothing was written; "
                               + _listing("unmapped keys", unknown))
     return out
 
@@ -46,13 +47,12 @@ def main(argv=None) -> int:
     ap.add_argument("--src", required=True, help="MindSpore .ckpt or .safetensors")
     ap.add_argument("--dst", required=True, help="output .pt or .safetensors with the original key names")
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="original model YAML (default: sd-v2-base)")
-    args = ap.parse_args(argv)
-    try:
-        out = revert_state_dict(read_params(args.src), load_model_config(args.config))
-        write_torch_checkpoint(out, args.dst)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return report(_revert, ap.parse_args(argv))
+
+
+def _revert(args) -> int:
+    out = revert_state_dict(read_params(args.src), load_model_config(args.config))
+    write_torch_checkpoint(out, args.dst)
     print(f"wrote {args.dst} ({len(out)} tensors)")
     return 0
 

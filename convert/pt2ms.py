@@ -20,6 +20,7 @@ from convert.io import read_torch_checkpoint
 from convert.keymaps import (SCHEDULE_BUFFERS, SUBMODELS, expected_torch_shapes, load_model_config,
                              name_map)
 from mindspore_impl.core.checkpoint import CheckpointError, _listing, check_state_dict, save_params
+from mindspore_impl.core.errors import report
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "sd-v2-base.yaml")
@@ -47,8 +48,8 @@ def convert_state_dict(state: dict[str, np.ndarray], model_params: dict, parts=N
     if unknown:
         known = ", ".join(s.prefix for s in SUBMODELS)
         raise CheckpointError("the checkpoint has keys no key map understands (known prefixes: "
-                              f"{known}); nothing was written.\n" + _listing("unmapped keys", unknown)
-                              + "\nPass --ignore-prefix PREFIX to drop them on purpose.")
+                              f"{known}); nothing was written; " + _listing("unmapped keys", unknown)
+                              + "; pass --ignore-prefix PREFIX to drop them on purpose")
     if parts is not None:
         absent = [p for p in parts if p not in groups]
         if absent:
@@ -88,15 +89,14 @@ def main(argv=None) -> int:
                     help="drop keys with this prefix on purpose (repeatable), e.g. model_ema.")
     ap.add_argument("--dtype", choices=["float32", "float16"], default=None,
                     help="cast floating tensors (default: keep the file's dtypes)")
-    args = ap.parse_args(argv)
+    return report(_convert, ap.parse_args(argv))
+
+
+def _convert(args) -> int:
     parts = args.parts.split(",") if args.parts else None
-    try:
-        state = read_torch_checkpoint(args.src)
-        out = convert_state_dict(state, load_model_config(args.config), parts, args.ignore_prefix, args.dtype)
-        save_params(out, args.dst)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    state = read_torch_checkpoint(args.src)
+    out = convert_state_dict(state, load_model_config(args.config), parts, args.ignore_prefix, args.dtype)
+    save_params(out, args.dst)
     print(f"wrote {args.dst} ({len(out)} tensors)")
     return 0
 

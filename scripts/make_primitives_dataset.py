@@ -41,13 +41,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Raises DatasetError (a UserError: `error: ...`, exit 2 from the command line) for unknown names."""
     args = parse_args(argv)
     for name in args.shapes:
         if name not in P.SHAPES:
-            sys.exit(f"error: unknown shape '{name}'; known: {', '.join(P.SHAPES)}")
+            raise P.DatasetError(f"unknown shape '{name}'; known: {', '.join(P.SHAPES)}")
     for name in args.colors:
         if name not in P.COLORS:
-            sys.exit(f"error: unknown colour '{name}'; known: {', '.join(P.COLORS)}")
+            raise P.DatasetError(f"unknown colour '{name}'; known: {', '.join(P.COLORS)}")
     start = time.time()
     data = P.make_dataset(args.num_objects, args.size, args.seed, args.shapes, args.colors, args.n_view,
                           tuple(args.elevation_range), tuple(args.distance_range), args.fovy, args.supersample,
@@ -61,4 +62,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mindspore_impl.core.errors import run_cli
+    run_cli(main)

@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from mindspore_impl.core.errors import UserError, run_cli  # noqa: E402
 from mindspore_impl.mvdream.data import primitives as P  # noqa: E402
 
 DEFAULT_PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus")
@@ -46,7 +47,7 @@ GRID_RES, GRID_BOUND = 64, 0.6
 VIEW_SIZE = 64
 
 
-class QualityCheckError(ValueError):
+class QualityCheckError(UserError, ValueError):
     """A missing checkpoint or an unusable prompt, found before any work starts."""
 
 
@@ -311,8 +312,4 @@ def main(argv: Optional[list] = None) -> list:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except QualityCheckError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

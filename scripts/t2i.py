@@ -60,22 +60,38 @@ def make_grid(rows: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def check_args(args) -> None:
+    """Every argument that can be checked before the model loads; one-line SamplingError otherwise."""
+    from mindspore_impl.mvdream.pipeline import SamplingError, check_sampling_args
+
+    if args.n_samples < 1:
+        raise SamplingError(f"--n_samples must be >= 1, got {args.n_samples}")
+    if args.size < 1:
+        raise SamplingError(f"--size must be a positive multiple of the model's downsampling factor, got {args.size}")
+    check_sampling_args(1, args.num_frames, args.steps, args.scale, args.size, args.size, args.eta,
+                        args.window if args.num_frames > 4 else None, args.windows_per_call, prefix="--")
+
+
+def run(args) -> int:
+    """Sample; raises UserError subclasses (printed as `error: ...`, exit 2, by main) on bad input."""
+    check_args(args)
+    from mindspore_impl.core.device import check_device
+    check_device(args.device)
+    from mindspore_impl.mvdream.pipeline import _load_yaml_model_params, check_sampling_args, image_multiple
+
+    multiple = image_multiple(_load_yaml_model_params(args.config))
+    check_sampling_args(multiple, args.num_frames, args.steps, args.scale, args.size, args.size, args.eta,
+                        prefix="--")
+
     import imageio.v3 as iio
 
-    from mindspore_impl.core.checkpoint import CheckpointError
     from mindspore_impl.core.device import setup
     from mindspore_impl.mvdream.pipeline import MVDreamPipeline
 
     setup(args.device, "pynative")
     prompt = (args.prompt_pos if args.prompt_pos is not None else args.text) + args.suffix
-    try:
-        pipe = MVDreamPipeline.from_checkpoint(args.ckpt, args.config, args.tokenizer,
-                                               dtype="fp16" if args.fp16 else "fp32")
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    pipe = MVDreamPipeline.from_checkpoint(args.ckpt, args.config, args.tokenizer,
+                                           dtype="fp16" if args.fp16 else "fp32")
     rng = np.random.RandomState(args.seed)
     os.makedirs(args.outdir, exist_ok=True)
     rows = []
@@ -95,6 +111,12 @@ def main(argv=None) -> int:
     iio.imwrite(grid_path, make_grid(rows))
     print(f"wrote {grid_path}")
     return 0
+
+
+def main(argv=None) -> int:
+    """The exit code: 0, or 2 after one line `error: ...` on stderr for bad input (argparse errors exit 2 too)."""
+    from mindspore_impl.core.errors import report
+    return report(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from mindspore_impl.core.config import ConfigError, parse_structured  # noqa: E402
+from mindspore_impl.core.errors import MissingFileError, report  # noqa: E402
 
 DATASET_HINT = ("make one with: python scripts/make_primitives_dataset.py --out data/primitives_32.npz "
                 "(see its --help), or point dataset= at your multiview .npz")
@@ -72,7 +73,7 @@ def load_config(path: Optional[str], overrides: List[str]) -> TrainConfig:
     from omegaconf import OmegaConf
     base = OmegaConf.load(path) if path else OmegaConf.create({})
     if path and not os.path.isfile(path):
-        raise FileNotFoundError(f"training config not found: {path}")
+        raise MissingFileError(f"training config not found: {path}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -99,7 +100,7 @@ def check_config(cfg: TrainConfig) -> None:
 def load_data(path: str) -> dict:
     """images (N, V, H, W, 3) uint8, cameras (N, V, 16) float32, captions (N,) str from a multiview .npz."""
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"dataset file not found: {path!r}; {DATASET_HINT}")
+        raise MissingFileError(f"dataset file not found: {path!r}; {DATASET_HINT}")
     from mindspore_impl.mvdream.data.primitives import load_dataset
     data = load_dataset(path)
     return {"images": data["images"], "cameras": data["cameras"].astype(np.float32),
@@ -109,16 +110,16 @@ def load_data(path: str) -> dict:
 def check_data(data: dict, num_frames: int, image_size: int) -> None:
     images, cameras, captions = data["images"], data["cameras"], data["captions"]
     if images.ndim != 5 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"dataset images must be uint8 (N, V, H, W, 3), got {images.dtype} {images.shape}")
+        raise ConfigError(f"dataset images must be uint8 (N, V, H, W, 3), got {images.dtype} {images.shape}")
     n, v, h, w, _ = images.shape
     if cameras.shape != (n, v, 16):
-        raise ValueError(f"dataset cameras must be (N, V, 16) = {(n, v, 16)}, got {cameras.shape}")
+        raise ConfigError(f"dataset cameras must be (N, V, 16) = {(n, v, 16)}, got {cameras.shape}")
     if len(captions) != n:
-        raise ValueError(f"dataset has {n} objects but {len(captions)} captions")
+        raise ConfigError(f"dataset has {n} objects but {len(captions)} captions")
     if v % num_frames:
-        raise ValueError(f"dataset has {v} views per object; num_frames {num_frames} must divide it")
+        raise ConfigError(f"dataset has {v} views per object; num_frames {num_frames} must divide it")
     if h != image_size or w != image_size:
-        raise ValueError(f"dataset images are {h}x{w} but the model is trained at {image_size}x{image_size}")
+        raise ConfigError(f"dataset images are {h}x{w} but the model is trained at {image_size}x{image_size}")
 
 
 def sample_objects(rng: np.random.Generator, data: dict, batch: int, num_frames: int) -> dict:
@@ -169,7 +170,7 @@ class Trainer:
 
         self.cfg, self.log = cfg, log
         if not os.path.isfile(cfg.model_config):
-            raise FileNotFoundError(f"model config not found: {cfg.model_config}")
+            raise MissingFileError(f"model config not found: {cfg.model_config}")
         self.model_params = load_model_config(cfg.model_config)
         mp = self.model_params
         self.data = data if data is not None else load_data(cfg.dataset)
@@ -181,10 +182,10 @@ class Trainer:
         init_weights(self.unet, self.text_encoder, cfg.seed, cfg.token_embedding_std)
         vocab = self.text_encoder.arch.vocab_size
         if max(self.tokenizer.sot_id, self.tokenizer.eot_id) >= vocab:
-            raise ValueError(f"tokenizer {cfg.tokenizer} has ids up to {self.tokenizer.eot_id}, more than the "
+            raise ConfigError(f"tokenizer {cfg.tokenizer} has ids up to {self.tokenizer.eot_id}, more than the "
                              f"text encoder's vocab_size {vocab}")
         if self.text_encoder.arch.context_length != self.tokenizer.context_length:
-            raise ValueError("the text encoder's context_length differs from the tokenizer's (77)")
+            raise ConfigError("the text encoder's context_length differs from the tokenizer's (77)")
         # names before the cells are wrapped (wrapping prefixes Parameter.name, not these keys)
         self.params = model_parameters(self.unet, self.first_stage, self.text_encoder)
         if cfg.init_checkpoint:
@@ -351,12 +352,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        trainer = Trainer(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return report(_train, args)
+
+
+def _train(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg)
     trainer.fit()
     print(f"done: step {trainer.step}; model {os.path.join(cfg.output_dir, 'model.ckpt')}; "
           f"log {os.path.join(cfg.output_dir, 'loss.csv')}")

@@ -136,7 +136,7 @@ def test_bad_checkpoint_fails_clearly_and_writes_nothing(original, tmp_path, cap
     out_dir.mkdir()
     src = _bad_file(kind, state, src_dir)
     for dst in (str(out_dir / "out.ckpt"), str(out_dir / "out.safetensors")):
-        assert convert(src, dst) == 1
+        assert convert(src, dst) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: "), err
         for text in expected:
@@ -172,6 +172,6 @@ def test_reverse_direction_rejects_bad_ckpt(original, tmp_path, capsys, kind, ex
         save_params({**params, "something_else.weight": np.zeros(2, np.float32)}, bad)
     capsys.readouterr()
     dst = tmp_path / "back.pt"
-    assert ms2pt_main(["--src", bad, "--dst", str(dst), "--config", TINY_YAML]) == 1
+    assert ms2pt_main(["--src", bad, "--dst", str(dst), "--config", TINY_YAML]) == 2
     assert expected in capsys.readouterr().err
     assert not dst.exists()

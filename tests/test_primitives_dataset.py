@@ -199,5 +199,5 @@ def test_cli_writes_loadable_file(tmp_path, capsys):
     d = P.load_dataset(out)
     assert d["images"].shape == (3, 4, 8, 8, 3) and int(d["seed"]) == 5
     assert set(d["captions"]) <= {"a red cube", "a white cube", "a red pyramid", "a white pyramid"}
-    with pytest.raises(SystemExit, match="unknown colour 'teal'"):
+    with pytest.raises(P.DatasetError, match="unknown colour 'teal'"):
         cli.main(["--out", out, "--colors", "teal"])

@@ -20,8 +20,10 @@ from typing import Mapping, Optional
 import mindspore as ms
 import numpy as np
 
+from mindspore_impl.core.errors import MissingFileError, UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint problem the user can fix (launch.py prints `error: <message>` and exits 2).
 
     Also raised when a checkpoint does not fit the model it is loaded into."""
@@ -73,10 +75,10 @@ def check_finite(arrays: Mapping[str, np.ndarray], what: str = "checkpoint") -> 
                                            key, kind)
 
 
-def _listing(title: str, items: list[str], limit: int = 40) -> str:
-    shown = "\n    ".join(items[:limit])
-    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"  {title} ({len(items)}):\n    {shown}{more}"
+def _listing(title: str, items: list[str], limit: int = 20) -> str:
+    """`title (n): a, b, c, ... and k more` on one line (user errors are one line)."""
+    more = f", ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{title} ({len(items)}): {', '.join(items[:limit])}{more}"
 
 
 def check_state_dict(expected: Mapping[str, tuple], state: Mapping[str, np.ndarray], what: str) -> None:
@@ -89,14 +91,14 @@ def check_state_dict(expected: Mapping[str, tuple], state: Mapping[str, np.ndarr
         if tuple(state[k].shape) != tuple(expected[k])
     )
     if missing or unexpected or wrong:
-        parts = [f"{what} does not match the model:"]
+        parts = []
         if missing:
             parts.append(_listing("missing keys", missing))
         if unexpected:
             parts.append(_listing("unexpected keys", unexpected))
         if wrong:
             parts.append(_listing("shape mismatches", wrong))
-        raise CheckpointError("\n".join(parts))
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(parts))
 
 
 def load_state_dict(cell: ms.nn.Cell, state: Mapping[str, np.ndarray], prefix: str = "",
@@ -190,7 +192,7 @@ def save_params(state: Mapping[str, np.ndarray], path: str) -> None:
     elif path.endswith(".ckpt"):
         writer = _write_ms_ckpt
     else:
-        raise ValueError(f"unknown checkpoint extension for {path!r}: use .ckpt or .safetensors")
+        raise CheckpointError(f"unknown checkpoint extension for {path!r}: use .ckpt or .safetensors")
     try:
         tmp = _atomic_target(path)
     except OSError as exc:
@@ -216,7 +218,7 @@ def save_params(state: Mapping[str, np.ndarray], path: str) -> None:
 def read_params(path: str) -> dict[str, np.ndarray]:
     """Read a MindSpore `.ckpt` or a `.safetensors` file into name->numpy array."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
         return dict(load_file(path))

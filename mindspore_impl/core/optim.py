@@ -13,11 +13,14 @@ State (all Parameters, so checkpoints hold it): `exp_avg.<param name>`, `exp_avg
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
+
+from mindspore_impl.core.config import ConfigError
 
 _DEFAULTS = {
     "AdamW": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
@@ -91,21 +94,44 @@ class TorchAdam(nn.Cell):
         return out
 
 
+def _number(value: Any, key: str, lo: float = 0.0, hi: float = math.inf, open_hi: bool = False) -> float:
+    """A finite float in [lo, hi] (or [lo, hi) with open_hi), else ConfigError naming the key."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or x < lo or x > hi or (open_hi and x >= hi):
+        rng = f"[{lo}, {hi}{')' if open_hi else ']'}" if math.isfinite(hi) else f">= {lo}"
+        raise ConfigError(f"{key} must be a finite number {'in ' if math.isfinite(hi) else ''}{rng}, got {value!r}")
+    return x
+
+
 def build_optimizer(name: str, groups: list[dict], args: dict[str, Any]) -> TorchAdam:
-    """torch.optim-style construction: `args` are the optimizer's keyword defaults, groups may override lr/wd."""
+    """torch.optim-style construction: `args` are the optimizer's keyword defaults, groups may override lr/wd.
+    Learning rates, weight decays, betas and eps must be finite and in range (ConfigError naming the key)."""
     if name not in _DEFAULTS:
-        raise ValueError(f"unsupported optimizer '{name}': choose one of {sorted(_DEFAULTS)}")
+        raise ConfigError(f"unsupported optimizer '{name}': choose one of {sorted(_DEFAULTS)}")
     unknown = sorted(set(args) - set(_DEFAULTS[name]))
     if unknown:
-        raise ValueError(f"unsupported {name} args {unknown}; allowed: {sorted(_DEFAULTS[name])}")
+        raise ConfigError(f"unsupported {name} args {unknown}; allowed: {sorted(_DEFAULTS[name])}")
     opts = {**_DEFAULTS[name], **args}
+    where = "system.optimizer"
+    betas = list(opts["betas"]) if isinstance(opts["betas"], (list, tuple)) else [opts["betas"]]
+    if len(betas) != 2:
+        raise ConfigError(f"{where}.args.betas needs two values, got {opts['betas']!r}")
+    betas = tuple(_number(b, f"{where}.args.betas[{i}]", 0.0, 1.0, open_hi=True) for i, b in enumerate(betas))
+    eps = _number(opts["eps"], f"{where}.args.eps")
     full = []
     for g in groups:
         bad = sorted(set(g) - {"params", "lr", "weight_decay", "name"})
         if bad:
-            raise ValueError(f"unsupported keys {bad} in optimizer parameter group '{g.get('name', '?')}'")
-        full.append({"lr": opts["lr"], "weight_decay": opts["weight_decay"], **g})
-    return TorchAdam(full, betas=tuple(opts["betas"]), eps=opts["eps"], decoupled=(name == "AdamW"))
+            raise ConfigError(f"unsupported keys {bad} in optimizer parameter group '{g.get('name', '?')}'")
+        group = {"lr": opts["lr"], "weight_decay": opts["weight_decay"], **g}
+        label = f"{where}.params.{g['name']}" if g.get("name") else f"{where}.args"
+        group["lr"] = _number(group["lr"], f"{label}.lr")
+        group["weight_decay"] = _number(group["weight_decay"], f"{label}.weight_decay")
+        full.append(group)
+    return TorchAdam(full, betas=betas, eps=eps, decoupled=(name == "AdamW"))
 
 
 def unique_params(params: Iterable[ms.Parameter]) -> list[ms.Parameter]:

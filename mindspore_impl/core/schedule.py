@@ -10,36 +10,55 @@ port does not have (its data never ends an epoch), so a float is refused rather 
 """
 from __future__ import annotations
 
+import math
 from numbers import Number
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mindspore_impl.core.config import ConfigError
+
+
+class ScheduleError(ConfigError):
+    """A malformed scheduled value (wrong length, float steps, NaN/inf)."""
+
+
+class ScheduleTypeError(ScheduleError, TypeError):
+    """A scheduled value that is neither a number nor a list."""
 
 
 def _as_list(value: Any) -> list:
     if isinstance(value, (ListConfig, DictConfig)):
         value = OmegaConf.to_container(value, resolve=True)
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"a scheduled value is a number or a list, got {type(value).__name__}: {value!r}")
+        raise ScheduleTypeError(f"a scheduled value is a number or a list, got {type(value).__name__}: {value!r}")
     return list(value)
 
 
 def parse_schedule(value: Any) -> tuple[int, float, float, int] | None:
     """(start_step, start_value, end_value, end_step) of a ramp, or None for a plain number."""
     if isinstance(value, Number) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ScheduleError(f"a scheduled value must be finite, got {value}")
         return None
     spec = _as_list(value)
     if len(spec) == 3:
         spec = [0] + spec
     if len(spec) != 4:
-        raise ValueError(f"a scheduled value has 3 or 4 entries "
+        raise ScheduleError(f"a scheduled value has 3 or 4 entries "
                          f"([start_step,] start_value, end_value, end_step), got {spec!r}")
     start_step, start_value, end_value, end_step = spec
     for name, step in (("start_step", start_step), ("end_step", end_step)):
         if isinstance(step, bool) or not isinstance(step, int):
-            raise ValueError(f"{name} of scheduled value {spec!r} must be an integer step "
+            raise ScheduleError(f"{name} of scheduled value {spec!r} must be an integer step "
                              f"(epoch-based float steps are not supported), got {step!r}")
-    return start_step, float(start_value), float(end_value), end_step
+    try:
+        start_value, end_value = float(start_value), float(end_value)
+    except (TypeError, ValueError):
+        raise ScheduleError(f"the values of scheduled value {spec!r} must be numbers") from None
+    if not (math.isfinite(start_value) and math.isfinite(end_value)):
+        raise ScheduleError(f"scheduled value {spec!r} holds a non-finite number")
+    return start_step, start_value, end_value, end_step
 
 
 def C(value: Any, global_step: int) -> float:

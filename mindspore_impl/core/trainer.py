@@ -21,12 +21,20 @@ published as `last`, and the staging files removed. A save whose arrays hold NaN
 (NonFiniteCheckpointError naming the array and the last good checkpoint) and a disk error stops the run
 with CheckpointWriteError; in both cases every earlier checkpoint is intact. A trainer removes the
 temporaries of killed writes from its checkpoint folder when it starts.
+
+Ctrl-C (SIGINT) or SIGTERM during fit() does not kill the run mid-write: the handler only sets a flag, the
+current step finishes, a checkpoint is written and TrainingInterrupted is raised (launch.py prints the resume
+command and exits 130). A second signal aborts at once (checkpoint writes are atomic, so that is safe too).
+The previous signal handlers are restored when fit() returns.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -34,6 +42,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mindspore_impl.core.config import parse_structured
+from mindspore_impl.core.errors import Interrupted
 from mindspore_impl.core.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteCheckpointError
 from mindspore_impl.core.train_state import (LAST, capture_global_rng, clean_stale_files, copy_training_state,
                                              open_training_state, prune_step_checkpoints, remove_checkpoint,
@@ -41,25 +50,48 @@ from mindspore_impl.core.train_state import (LAST, capture_global_rng, clean_sta
 from mindspore_impl.core.trial import Trial
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Interrupted):
+    """fit() stopped on SIGINT / SIGTERM after finishing a step and writing `checkpoint`.
+
+    launch.py sets `command` to the resume command line; the message names the step, the checkpoint and it."""
+
+    def __init__(self, step: int, checkpoint: str, signal_name: str = "SIGINT", command: Optional[str] = None):
+        super().__init__(step, checkpoint, signal_name)
+        self.step, self.checkpoint, self.signal_name, self.command = step, checkpoint, signal_name, command
+
+    def __str__(self) -> str:
+        how = f"resume with:\n  {self.command}" if self.command else f"resume with resume={self.checkpoint}"
+        return (f"interrupted ({self.signal_name}) after step {self.step}; checkpoint written: {self.checkpoint}; "
+                + how)
+
+
+def _at_least(lo: int, hint: str = "") -> dict:
+    return {"min": lo, **({"hint": hint} if hint else {})}
+
+
 @dataclass
 class TrainerConfig:
-    max_steps: int = 10000
-    val_check_interval: int = 200        # validate every N steps (0: never during training)
-    log_every_n_steps: int = 1           # rows in metrics.csv / metrics.jsonl
-    num_sanity_val_steps: int = 0        # validation views rendered (not saved) before the first step
+    max_steps: int = field(default=10000, metadata=_at_least(0))
+    val_check_interval: int = field(default=200, metadata=_at_least(0, "0 never validates during training"))
+    log_every_n_steps: int = field(default=1, metadata=_at_least(0))  # rows in metrics.csv / metrics.jsonl
+    num_sanity_val_steps: int = field(default=0, metadata=_at_least(0))  # validation views rendered before step 0
     enable_progress_bar: bool = True
     # kept so threestudio configs parse; mixed precision is a system setting here (system.amp_level)
     precision: Any = 32
-    test_video_fps: int = 30
+    test_video_fps: int = field(default=30, metadata=_at_least(1))
     test_video_formats: list = field(default_factory=lambda: ["mp4", "gif"])
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_train_steps: Optional[int] = None  # None or 0: only the final (last) checkpoint
+    # None or 0: only the final (last) checkpoint
+    every_n_train_steps: Optional[int] = field(default=None, metadata=_at_least(0, "0 or null saves only at the end"))
     save_last: bool = True                     # last.ckpt/.json at every save and at the end of training
-    save_top_k: int = -1                       # keep the newest k stepNNNNNN checkpoints (-1: all, 0: none;
-                                               # with save_last=false the newest is always kept)
+    # keep the newest k stepNNNNNN checkpoints (-1: all, 0: none; with save_last=false the newest is always kept)
+    save_top_k: int = field(default=-1, metadata=_at_least(-1, "-1 keeps all"))
 
 
 def _metric_value(v: Any) -> float:
@@ -73,13 +105,22 @@ class Trainer:
                  log=print) -> None:
         self.system = system
         self.dm = datamodule
-        self.trial = trial
         self.cfg = parse_structured(TrainerConfig, cfg, "trainer")
         self.ckpt_cfg = parse_structured(CheckpointConfig, checkpoint, "checkpoint")
         self.global_step = 0
         self.log = log
         self.last_checkpoint: Optional[str] = None  # written by this trainer
         self.resumed_from: Optional[str] = None
+        self._stop_signal: Optional[int] = None
+        self._arm_signals = None
+        self.trial: Optional[Trial] = None
+        if trial is not None:
+            self.attach(trial)
+
+    def attach(self, trial: Trial) -> None:
+        """Give the trainer its trial folder (launch.py restores a checkpoint before creating the folder, so a
+        checkpoint that does not fit leaves no folder behind)."""
+        self.trial = trial
         clean_stale_files(self.trial.ckpt_dir, log=self.log)
 
     # ----- state
@@ -155,8 +196,56 @@ class Trainer:
 
     # ----- loops
 
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT / SIGTERM set a flag checked after each step (the first); a second one aborts at once.
+        The previous handlers are restored afterwards. Only in the main thread (signals go there)."""
+        if threading.current_thread() is not threading.main_thread():
+            self._arm_signals = None
+            yield
+            return
+        self._stop_signal = None
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            try:
+                os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+                            "(send it again to abort now)\n".encode())
+            except OSError:
+                pass
+
+        def arm():  # MindSpore installs C-level SIGINT handlers of its own when its runtime starts (first op):
+            for sig in STOP_SIGNALS:  # re-arm after each step so ours stay in force
+                signal.signal(sig, handler)
+
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        arm()
+        self._arm_signals = arm
+        try:
+            yield
+        finally:
+            self._arm_signals = None
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _interrupted(self) -> "TrainingInterrupted":
+        signum = self._stop_signal
+        path = self.last_checkpoint
+        if self._saved_at != self.global_step or path is None:
+            path = self.save_checkpoint()
+        return TrainingInterrupted(self.global_step, path, signal.Signals(signum).name)
+
     def fit(self, resume: Optional[str] = None) -> int:
-        """Train until max_steps; returns the final global step."""
+        """Train until max_steps; returns the final global step.
+
+        SIGINT / SIGTERM stop the run cleanly: the current step finishes, a checkpoint is written and
+        TrainingInterrupted (exit code 130 in launch.py, with the resume command) is raised."""
+        with self._stop_on_signals():
+            return self._fit(resume)
+
+    def _fit(self, resume: Optional[str] = None) -> int:
         if self.system.optimizer is None:
             self.system.configure_optimizers()
         if resume:
@@ -168,14 +257,18 @@ class Trainer:
         bar = self._progress_bar()
         last_t = time.perf_counter()
         every = self.ckpt_cfg.every_n_train_steps
-        saved_at = None
+        self._saved_at = None
         try:
             while self.global_step < cfg.max_steps:
+                if self._stop_signal is not None:
+                    raise self._interrupted()
                 step = self.global_step
                 self.system.set_step(step)
                 self.system.on_train_batch_start(step)
                 batch = self.dm.sample(step)
                 metrics = {k: _metric_value(v) for k, v in self.system.training_step(batch, step).items()}
+                if self._arm_signals is not None:
+                    self._arm_signals()
                 if "loss" not in metrics:
                     raise KeyError(f"{type(self.system).__name__}.training_step must return a 'loss' metric")
                 self.global_step = step + 1
@@ -194,11 +287,13 @@ class Trainer:
                     self.validate()
                 if every and self.global_step % every == 0:
                     self.save_checkpoint()
-                    saved_at = self.global_step
+                    self._saved_at = self.global_step
+                if self._stop_signal is not None:
+                    raise self._interrupted()
         finally:
             if bar is not None:
                 bar.close()
-        if self.ckpt_cfg.save_last and saved_at != self.global_step:
+        if self.ckpt_cfg.save_last and self._saved_at != self.global_step:
             self.save_checkpoint("last")
         return self.global_step
 

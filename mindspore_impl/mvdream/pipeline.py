@@ -17,6 +17,7 @@ import numpy as np
 from mindspore import ops
 
 from mindspore_impl.core.checkpoint import CheckpointError, load_state_dict, read_params
+from mindspore_impl.core.errors import MissingFileError, UserError
 from mindspore_impl.mvdream import samplers
 from mindspore_impl.mvdream.cameras import get_camera
 from mindspore_impl.mvdream.schedule import schedule_from_config
@@ -40,14 +41,14 @@ _DTYPES = {"fp32": ms.float32, "float32": ms.float32, "fp16": ms.float16, "float
 def _load_yaml_model_params(config_path: str) -> dict:
     from convert.keymaps import load_model_config
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"model config not found: {config_path} (use configs/sd-v2-base.yaml)")
+        raise MissingFileError(f"model config not found: {config_path} (use configs/sd-v2-base.yaml)")
     return load_model_config(config_path)
 
 
 def _load_tokenizer(tokenizer_path: str):
     """CLIP BPE tokenizer from a local folder (vocab.json + merges.txt) or open_clip's .gz file."""
     if not tokenizer_path or not os.path.exists(tokenizer_path):
-        raise FileNotFoundError(f"tokenizer files not found: {tokenizer_path!r}. {TOKENIZER_HINT}")
+        raise MissingFileError(f"tokenizer files not found: {tokenizer_path!r}. {TOKENIZER_HINT}")
     from mindspore_impl.mvdream.tokenizer import load_tokenizer
     return load_tokenizer(tokenizer_path)  # names the missing file and where to get it
 
@@ -56,6 +57,48 @@ def latent_downsample(first_stage_entry: dict) -> int:
     """Pixels per latent cell: 2 ** (levels - 1) of the VAE (8 for SD); 1 in pixel space (target identity)."""
     from mindspore_impl.mvdream.first_stage import downsample_of
     return downsample_of(first_stage_entry)
+
+
+class SamplingError(UserError, ValueError):
+    """Sampling arguments the model cannot run with (sizes, step counts, guidance scale)."""
+
+
+def image_multiple(model_params: dict) -> int:
+    """Image height/width must be multiples of this: the VAE's downsampling times the UNet's (one factor 2
+    per level but the last), else the UNet's skip connections do not line up."""
+    levels = len(model_params["unet_config"]["params"].get("channel_mult", (1, 2, 4, 8)))
+    return latent_downsample(model_params["first_stage_config"]) * 2 ** (levels - 1)
+
+
+def check_sampling_args(multiple: int, num_frames: int = 4, steps: int = 50, scale: float = 10.0,
+                        height: int = 256, width: int = 256, eta: float = 0.0, window: Optional[int] = None,
+                        windows_per_call: int = 1, prefix: str = "") -> None:
+    """SamplingError (one line, naming the argument and valid values) before any sampling work.
+    `prefix` is put before argument names ("--" for the t2i command line)."""
+    import math
+
+    def bad(name, msg):
+        raise SamplingError(f"{prefix}{name} {msg}")
+
+    if num_frames < 1:
+        bad("num_frames", f"must be >= 1, got {num_frames}")
+    if steps < 1:
+        bad("steps", f"must be >= 1, got {steps}")
+    if not math.isfinite(scale) or scale < 0:
+        bad("scale", f"must be a finite number >= 0 (1: no classifier-free guidance), got {scale}")
+    if not math.isfinite(eta) or not 0.0 <= eta <= 1.0:
+        bad("eta", f"must be in [0, 1], got {eta}")
+    for name, size in (("height", height), ("width", width)):
+        if size < 1 or size % multiple:
+            lo = max(multiple, size // multiple * multiple)
+            near = sorted({lo, lo + multiple} if size % multiple else {multiple})
+            label = "size" if prefix and height == width else name
+            bad(label, f"must be a positive multiple of {multiple} (the model downsamples by {multiple}), "
+                       f"got {size}; use {' or '.join(map(str, near))}")
+    if window is not None and window < 1:
+        bad("window", f"must be >= 1, got {window}")
+    if windows_per_call < 1:
+        bad("windows_per_call", f"must be >= 1, got {windows_per_call}")
 
 
 class MVDreamPipeline:
@@ -68,6 +111,7 @@ class MVDreamPipeline:
         self.alphas_cumprod = schedule_from_config(model_params)
         self.scale_factor = float(model_params.get("scale_factor", 0.18215))
         self.downsample = latent_downsample(model_params["first_stage_config"])
+        self.image_multiple = image_multiple(model_params)
         # pixel space: x0 predictions are images in [-1, 1] (times scale_factor); clip them while sampling
         from mindspore_impl.mvdream.first_stage import is_identity
         self.clip_x0 = self.scale_factor if is_identity(model_params["first_stage_config"]) else None
@@ -99,7 +143,7 @@ class MVDreamPipeline:
                         dtype: str = "fp32") -> "MVDreamPipeline":
         """Load a converted MVDream checkpoint (.ckpt / .safetensors, MindSpore names) strictly."""
         if not ckpt_path or not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"MVDream checkpoint not found: {ckpt_path!r}. {CHECKPOINT_HINT}")
+            raise MissingFileError(f"MVDream checkpoint not found: {ckpt_path!r}. {CHECKPOINT_HINT}")
         if not ckpt_path.endswith((".ckpt", ".safetensors")):
             raise CheckpointError(f"{ckpt_path}: expected a converted .ckpt or .safetensors file. {CHECKPOINT_HINT}")
         tokenizer = _load_tokenizer(tokenizer_dir)
@@ -158,11 +202,9 @@ class MVDreamPipeline:
         The start noise and the DDIM eta noise come from `rng` (default RandomState(seed)).
         single_view: every view is an independent image (no camera, num_frames 1 per image).
         """
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        check_sampling_args(self.image_multiple, num_frames, steps, scale, height, width, eta,
+                            window if num_frames > joint_views and not single_view else None, windows_per_call)
         f = self.downsample
-        if height % f or width % f:
-            raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
         rng = np.random.RandomState(seed) if rng is None else rng
         context = self.encode_text([prompt])
         uncontext = self.encode_text([negative_prompt])

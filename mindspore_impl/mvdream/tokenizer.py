@@ -8,6 +8,9 @@ Text is cleaned as CLIP does (HTML unescape, whitespace collapsed, lower case, N
 CLIP's regex, byte-level mapped and BPE-merged with the "</w>" end-of-word suffix. Sequences
 longer than the context are cut and end with <|endoftext|> at the last position (open_clip
 `tokenize`); shorter ones are padded with id 0 (open_clip; SD 2.1's HF tokenizer pads with "!" = 0).
+A text that is cut is reported once per process on stderr, naming the words dropped (`truncation`).
+`tokenizer_files` / `tokenizer_identity` name the files a tokenizer is read from and hash their contents
+(the text-embedding cache key includes it).
 """
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ import html
 import json
 import os
 import re
-from typing import Iterable, Union
+import sys
+from typing import Iterable, Optional, Union
 
 import numpy as np
+
+from mindspore_impl.core.errors import MissingFileError
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 HF_FILES = ("vocab.json", "merges.txt")
@@ -85,11 +91,11 @@ def _resolve_files(path: str) -> tuple[str, ...]:
     if os.path.isfile(path):
         if path.endswith(".gz") or path.endswith(".txt"):
             return (path,)
-        raise FileNotFoundError(f"tokenizer path {path} is a file but not a BPE merges file "
+        raise MissingFileError(f"tokenizer path {path} is a file but not a BPE merges file "
                                 f"({OPENCLIP_FILE}); pass the folder holding {' and '.join(HF_FILES)}. "
                                 + WHERE_TO_GET)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer path not found: {path}. {WHERE_TO_GET}")
+        raise MissingFileError(f"tokenizer path not found: {path}. {WHERE_TO_GET}")
     hf = [os.path.join(path, f) for f in HF_FILES]
     if all(os.path.isfile(f) for f in hf):
         return tuple(hf)
@@ -97,8 +103,37 @@ def _resolve_files(path: str) -> tuple[str, ...]:
     if os.path.isfile(gz):
         return (gz,)
     missing = [f for f, p in zip(HF_FILES, hf) if not os.path.isfile(p)]
-    raise FileNotFoundError(f"tokenizer files missing in {path}: {', '.join(missing)} "
+    raise MissingFileError(f"tokenizer files missing in {path}: {', '.join(missing)} "
                             f"(and no {OPENCLIP_FILE}). {WHERE_TO_GET}")
+
+
+def tokenizer_files(path: str) -> tuple[str, ...]:
+    """The files a tokenizer at `path` is read from; MissingFileError (a FileNotFoundError) names what is missing."""
+    return _resolve_files(path)
+
+
+def tokenizer_identity(path: str) -> str:
+    """sha256 over the contents of the tokenizer's files (what the text-embedding cache is keyed on)."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in tokenizer_files(path):
+        with open(f, "rb") as fh:
+            h.update(os.path.basename(f).encode() + b"\0" + fh.read() + b"\0")
+    return "tokenizer:" + h.hexdigest()
+
+
+_WARNED: set = set()  # texts whose truncation was reported (once per process)
+
+
+def warn_truncated(text: str, dropped: str, context_length: int, n_tokens: int) -> bool:
+    """Print the truncation warning for `text` unless it was printed before; True when printed."""
+    if text in _WARNED:
+        return False
+    _WARNED.add(text)
+    short = text if len(text) <= 60 else text[:57] + "..."
+    print(f"warning: the prompt {short!r} is {n_tokens} tokens, longer than the text encoder's {context_length} "
+          f"(with start/end tokens); the end is cut off and ignored: {dropped!r}", file=sys.stderr)
+    return True
 
 
 class CLIPTokenizer:
@@ -129,7 +164,26 @@ class CLIPTokenizer:
         """BPE ids of one text, without start/end tokens and without truncation."""
         return self._tok.encode(clean_text(text), add_special_tokens=False).ids
 
-    def __call__(self, texts: Union[str, Iterable[str]]) -> np.ndarray:
+    def truncation(self, text: str) -> Optional[str]:
+        """The part of `text` (cleaned, from the first dropped token on) that does not fit the context, or None."""
+        cleaned = clean_text(text)
+        enc = self._tok.encode(cleaned, add_special_tokens=False)
+        keep = self.context_length - 2  # <|startoftext|> ... <|endoftext|>
+        if len(enc.ids) <= keep:
+            return None
+        start = enc.offsets[keep][0]
+        word_start = cleaned.rfind(" ", 0, start) + 1  # a word cut in the middle: name the whole word
+        return cleaned[word_start:]
+
+    def warn_if_truncated(self, text: str) -> bool:
+        """Print (once per text and process) which words of `text` are cut off; True when it is cut."""
+        dropped = self.truncation(text)
+        if dropped is None:
+            return False
+        warn_truncated(text, dropped, self.context_length, len(self.encode(text)) + 2)
+        return True
+
+    def __call__(self, texts: Union[str, Iterable[str]], warn: bool = True) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -137,6 +191,8 @@ class CLIPTokenizer:
         for i, text in enumerate(texts):
             ids = [self.sot_id] + self.encode(text) + [self.eot_id]
             if len(ids) > self.context_length:
+                if warn and text not in _WARNED:
+                    self.warn_if_truncated(text)
                 ids = ids[:self.context_length]
                 ids[-1] = self.eot_id
             out[i, :len(ids)] = ids

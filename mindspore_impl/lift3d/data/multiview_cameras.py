@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from mindspore_impl.core.config import parse_structured
+from mindspore_impl.core.config import ConfigError, parse_structured
 from mindspore_impl.core.registry import register
 
 
@@ -28,12 +28,12 @@ class RandomMultiviewCameraDataModuleConfig:
     width: Any = field(default_factory=lambda: [64, 256])
     batch_size: Any = field(default_factory=lambda: [8, 4])
     resolution_milestones: List[int] = field(default_factory=lambda: [5000])
-    n_view: int = 4
+    n_view: int = field(default=4, metadata={"min": 1})
     eval_height: int = 512
     eval_width: int = 512
     eval_batch_size: int = 1
-    n_val_views: int = 4
-    n_test_views: int = 120
+    n_val_views: int = field(default=4, metadata={"min": 0})
+    n_test_views: int = field(default=120, metadata={"min": 0})
     elevation_range: Tuple[float, float] = (0.0, 30.0)
     azimuth_range: Tuple[float, float] = (-180.0, 180.0)
     camera_distance_range: Tuple[float, float] = (0.8, 1.0)
@@ -168,19 +168,25 @@ class RandomMultiviewCameraDataModule:
         self.rng = np.random.default_rng(seed)
 
     def _check_stages(self) -> None:
-        cfg = self.cfg
+        cfg, where = self.cfg, "data"
         if not len(self.heights) == len(self.widths) == len(self.batch_sizes):
-            raise ValueError(f"height {self.heights}, width {self.widths} and batch_size {self.batch_sizes} "
-                             "need one value per resolution stage")
+            raise ConfigError(f"{where}: height {self.heights}, width {self.widths} and batch_size {self.batch_sizes} "
+                              "need one value per resolution stage")
         if len(self.heights) > 1 and len(cfg.resolution_milestones) != len(self.heights) - 1:
-            raise ValueError(f"{len(self.heights)} resolution stages need {len(self.heights) - 1} "
-                             f"resolution_milestones, got {list(cfg.resolution_milestones)}")
+            raise ConfigError(f"{where}: {len(self.heights)} resolution stages need {len(self.heights) - 1} "
+                              f"resolution_milestones, got {list(cfg.resolution_milestones)}")
+        for key, values in (("height", self.heights), ("width", self.widths), ("batch_size", self.batch_sizes)):
+            if any(v < 1 for v in values):
+                raise ConfigError(f"{where}.{key} must be >= 1, got {values if len(values) > 1 else values[0]}")
         for bs in self.batch_sizes:
             if bs % cfg.n_view != 0:
-                raise ValueError(f"batch_size {bs} must be divisible by n_view {cfg.n_view}")
+                lo = bs // cfg.n_view * cfg.n_view
+                near = sorted({v for v in (lo, lo + cfg.n_view) if v >= cfg.n_view})
+                raise ConfigError(f"{where}.batch_size {bs} must be divisible by n_view {cfg.n_view} (whole objects "
+                                  f"of n_view views); use batch_size={' or '.join(map(str, near))}")
         if cfg.light_sample_strategy not in ("dreamfusion", "magic3d"):
-            raise ValueError(f"unknown light_sample_strategy '{cfg.light_sample_strategy}' "
-                             "(dreamfusion | magic3d)")
+            raise ConfigError(f"{where}: unknown light_sample_strategy '{cfg.light_sample_strategy}' "
+                              "(dreamfusion | magic3d)")
 
     # --- stages and resume state
 

@@ -1,10 +1,13 @@
 """Prompt processing: text embeddings for the prompt and the negative prompt, cached on disk.
 
-The embeddings are computed once per (text encoder, text) and stored as
+The embeddings are computed once per (text encoder, tokenizer, text) and stored as
 `<cache_dir>/<sha256(model identity + text)>.npy`; a later run with the same checkpoint and text
 loads them without building the text encoder at all (mindone's cache never hit). The model
-identity is the converted checkpoint's path, size and mtime plus the model YAML's content, or,
-for a text encoder handed over in memory, a content hash of its weights.
+identity is the converted checkpoint's path, size and mtime, the model YAML's content and a hash of
+the tokenizer files' contents (other tokenizer files give other token ids, so other embeddings), or,
+for a text encoder handed over in memory, the identity its caller gives (e.g. a content hash of its weights).
+The tokenizer files are read on every run, cached prompt or not: a missing tokenizer is an error either way,
+and a prompt longer than the text encoder's 77 tokens is reported once, naming the words cut off.
 
 The output is numpy (host side): the training step receives the (2B, 77, C) [cond x B, uncond x B]
 array as a tensor input, so nothing here runs inside the compiled graph. The frozen text encoder lives
@@ -23,6 +26,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from mindspore_impl.core.config import parse_structured
+from mindspore_impl.core.errors import UserError
 from mindspore_impl.core.registry import register
 
 DEFAULT_NEGATIVE_PROMPT = (
@@ -49,7 +53,7 @@ class Config:
     overhead_threshold: float = 60.0  # degrees of elevation
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt or prompt-processor config problem found before any work starts."""
 
 
@@ -181,14 +185,15 @@ class PromptProcessor:
                 raise PromptError("an injected encode_fn needs a model_identity "
                                   "(e.g. weights_fingerprint of the text encoder) to key the cache")
             self.model_identity = model_identity
+            self.tokenizer = None
         else:
             self.ckpt_path, self.config_path = self._check_files()
+            self.tokenizer, tokenizer_id = self._load_tokenizer()
             self.model_identity = (file_identity(self.ckpt_path) + "|config:"
-                                   + content_identity(self.config_path))
+                                   + content_identity(self.config_path) + "|" + tokenizer_id)
+            self._warn_truncation()
         self.cache = EmbeddingCache(self.cfg.cache_dir, self.model_identity)
         self.encoder_calls = 0  # number of texts actually run through the text encoder
-        if encode_fn is None and self.missing_texts():
-            self._check_tokenizer_path()
 
     def missing_texts(self) -> list[str]:
         """Texts the cache cannot serve (all of them with use_cache off)."""
@@ -198,13 +203,29 @@ class PromptProcessor:
             return texts
         return [t for t in texts if not os.path.isfile(self.cache.path(t))]
 
-    def _check_tokenizer_path(self) -> None:
-        """Before any work: the tokenizer files are needed when some embedding must be computed."""
+    def _load_tokenizer(self):
+        """(tokenizer, identity of its files), read on every run; a missing or broken tokenizer is a PromptError."""
+        from mindspore_impl.mvdream.tokenizer import load_tokenizer, tokenizer_identity
         path = self.cfg.tokenizer_path
         if not path or not os.path.exists(path):
             from mindspore_impl.mvdream.pipeline import TOKENIZER_HINT
             raise PromptError(f"tokenizer files not found: system.prompt_processor.tokenizer_path={path!r}. "
                               f"{TOKENIZER_HINT}")
+        try:
+            return load_tokenizer(path), tokenizer_identity(path)
+        except (OSError, ValueError) as exc:  # files missing in the folder, not BPE files, bad JSON
+            raise PromptError(f"system.prompt_processor.tokenizer_path={path!r}: {str(exc).splitlines()[0]}") from None
+
+    def _warn_truncation(self) -> None:
+        """Once per text: the prompt / negative prompt words beyond the text encoder's context are named.
+        A view-dependent variant is reported only when its base prompt fits (then only the suffix is cut)."""
+        prompts, negatives = self.texts()
+        base_cut = self.tokenizer.warn_if_truncated(self.prompt)
+        for text in prompts[1:]:
+            if not base_cut:
+                self.tokenizer.warn_if_truncated(text)
+        if self.negative_prompt:
+            self.tokenizer.warn_if_truncated(self.negative_prompt)
 
     def _check_files(self) -> tuple[str, str]:
         from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import (
@@ -223,7 +244,8 @@ class PromptProcessor:
 
     def _encoder(self) -> EncodeFn:
         if self._encode_fn is None:
-            self._encode_fn = load_encode_fn(self.ckpt_path, self.config_path, self.cfg.tokenizer_path)
+            self._encode_fn = load_encode_fn(self.ckpt_path, self.config_path, self.cfg.tokenizer_path,
+                                             tokenizer=self.tokenizer)
         return self._encode_fn
 
     def embeddings(self, texts: Sequence[str]) -> np.ndarray:
@@ -259,13 +281,19 @@ def make_encode_fn(tokenize: Callable[[list], np.ndarray], text_encoder) -> Enco
     return encode
 
 
-def load_encode_fn(ckpt_path: str, config_path: str, tokenizer_path: Optional[str]) -> EncodeFn:
-    """Build the frozen MindSpore text encoder from the converted checkpoint, and its tokenizer."""
+def load_encode_fn(ckpt_path: str, config_path: str, tokenizer_path: Optional[str], tokenizer=None) -> EncodeFn:
+    """Build the frozen MindSpore text encoder from the converted checkpoint, and its tokenizer (unless given;
+    truncation warnings are the caller's then)."""
     from mindspore_impl.lift3d.guidance.multiview_diffusion_guidance import load_frozen_models
     from mindspore_impl.mvdream.pipeline import _load_tokenizer
-    tokenizer = _load_tokenizer(tokenizer_path)  # clear error naming where to get the BPE files
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(tokenizer_path)  # clear error naming where to get the BPE files
+        tokenize = tokenizer
+    else:
+        def tokenize(texts):
+            return tokenizer(texts, warn=False)
     models, _ = load_frozen_models(ckpt_path, config_path, ("text_encoder",))
-    return make_encode_fn(tokenizer, models["text_encoder"])
+    return make_encode_fn(tokenize, models["text_encoder"])
 
 
 register("mvdream-prompt-processor")(PromptProcessor)

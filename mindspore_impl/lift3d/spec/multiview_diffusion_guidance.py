@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mindspore_impl.core.errors import UserError
 from mindspore_impl.core.schedule import C, check_schedules
 
 GUIDANCE_MODES = ("x0", "sds", "sjc")
@@ -38,7 +39,7 @@ class Config:
     guidance_mode: Optional[str] = None  # "x0" | "sds" | "sjc"; null: from recon_loss
 
 
-class GuidanceError(ValueError):
+class GuidanceError(UserError, ValueError):
     """A guidance config or checkpoint problem found before any work starts."""
 
 
@@ -64,26 +65,39 @@ def check_config(cfg: Config) -> str:
     return mode
 
 
-# models this project trains itself: how to make the checkpoint instead of downloading it
-TRAIN_HINTS = {"demo-mvdream": ("python scripts/train_mvdiffusion.py --config configs/demo-mvdiffusion.yaml\n"
-                                "    cp outputs/demo-train/model.ckpt {dst}")}
+# models whose checkpoint does not come from the hub: (where it normally lives, how to get it there)
+LOCAL_CHECKPOINTS = {
+    "tiny-mvdream": ("pretrained/tiny-mvdream/tiny-mvdream.ckpt",
+                     "make it (random tiny weights, a few seconds) with: python scripts/make_tiny_checkpoint.py"
+                     " --out {folder}"
+                     " (it writes {dst})"),
+    "demo-mvdream": ("pretrained/demo/model.ckpt",
+                     "it ships with the repository: restore it with git checkout -- pretrained/demo/model.ckpt"
+                     " (or retrain it: python scripts/train_mvdiffusion.py --config configs/demo-mvdiffusion.yaml,"
+                     " then cp outputs/demo-train/model.ckpt {dst})"),
+}
 
 
 def missing_checkpoint_message(path: Optional[str], model_name: str) -> str:
-    if model_name in TRAIN_HINTS:
-        dst = path or "pretrained/demo/model.ckpt"
+    """One line: which checkpoint is missing and how to get it for this model (download + convert for the
+    real MVDream models, make_tiny_checkpoint for the tiny test model, the shipped file for the demo model)."""
+    if model_name in LOCAL_CHECKPOINTS:
+        default, how = LOCAL_CHECKPOINTS[model_name]
+        dst = path or default
+        if model_name == "tiny-mvdream":  # the script names its file itself
+            dst = os.path.join(os.path.dirname(dst), os.path.basename(default))
         where = f"the {model_name} checkpoint {path!r} does not exist" if path else \
             f"no {model_name} checkpoint given (system.guidance.ckpt_path is null)"
-        return (f"{where}.\n  Train it (a few hours on 2 CPU cores) and copy it into place:\n"
-                f"    {TRAIN_HINTS[model_name].format(dst=dst)}\n  then set system.guidance.ckpt_path={dst}")
+        return (f"{where}; {how.format(dst=dst, folder=os.path.dirname(dst) or '.')}, "
+                f"then set system.guidance.ckpt_path={dst}")
     src = f"{model_name}.pt"
-    dst = path or f"checkpoints/{model_name}.ckpt"
+    dst = path or f"pretrained/{model_name}.ckpt"
     cfg = DEFAULT_MODEL_CONFIGS.get(model_name, "configs/sd-v2-base.yaml")
     where = f"the MVDream checkpoint {path!r} does not exist" if path else \
         "no MVDream checkpoint given (system.guidance.ckpt_path is null)"
-    return (f"{where}.\n  Download the original {src} (~5 GB) from {CHECKPOINT_URL} and convert it:\n"
-            f"    python -m convert.pt2ms --src {src} --dst {dst} --config {cfg}\n"
-            f"  then set system.guidance.ckpt_path={dst}")
+    return (f"{where}; download the original {src} (about 5 GB) from {CHECKPOINT_URL} and convert it with: "
+            f"python -m convert.pt2ms --src {src} --dst {dst} --config {cfg}, "
+            f"then set system.guidance.ckpt_path={dst}")
 
 
 def check_checkpoint(cfg: Config) -> tuple[str, str]:

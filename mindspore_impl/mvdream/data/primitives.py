@@ -22,6 +22,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
+from mindspore_impl.core.errors import UserError
 from mindspore_impl.lift3d.data.multiview_cameras import (
     get_mvp_matrix,
     get_projection_matrix,
@@ -38,7 +39,7 @@ TRACE_BOUND = 0.75  # every primitive lies inside this sphere; rays start where 
 SdfFn = Callable[[np.ndarray], np.ndarray]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file is missing, is not a primitives dataset, or is inconsistent."""
 
 
