@@ -15,9 +15,10 @@ from tests.parity import assert_parity
 from tests.test_system_step_parity import STEP, build_ms_system, texture_field, tiny, tiny_config, trained_state  # noqa: F401
 
 
-def one_step(system, inputs, snapshot, chunk: int):
+def one_step(system, inputs, snapshot, chunk: int, guidance_graph=None):
     system.load_state_dict(*copy.deepcopy(snapshot))
     system.cfg.render_chunk_rays = chunk
+    system.cfg.guidance_graph = guidance_graph
     system._steps.clear()
     metrics = system.run_step(inputs)
     return metrics, trained_state(system)
@@ -41,10 +42,14 @@ def test_deferred_step_equals_one_graph_step(tiny, shading, mode):
     # 1024 rays: one chunk; 4 chunks, the last padded. PyNative with analytic normals and one chunk of every
     # ray is left out: its background gradient moves 3e-3 (relative) off the one-graph step, while 4 chunks and
     # GRAPH mode (how training runs) agree to 1e-6; analytic_normal's ms.jit cache is shared by both steps there.
-    chunks = (300,) if (shading and mode == "pynative") else (n_rays, 300)
-    for chunk in chunks:
-        got, (params, moments) = one_step(system, inputs, snapshot, chunk)
-        print(f"{mode} chunk {chunk}: loss {got['loss']:.6f} vs one graph {ref['loss']:.6f}")
+    # In GRAPH mode on CPU the guidance pass runs in PyNative by default (guidance_graph None); compiled too.
+    runs = [(300, None)] if (shading and mode == "pynative") else [(n_rays, None), (300, None)]
+    if mode == "graph":
+        runs.append((300, True))
+    for chunk, guidance_graph in runs:
+        got, (params, moments) = one_step(system, inputs, snapshot, chunk, guidance_graph)
+        print(f"{mode} chunk {chunk} guidance_graph {guidance_graph}: loss {got['loss']:.6f} vs one graph"
+              f" {ref['loss']:.6f}")
         for key in ref:
             if key.startswith("loss") or key == "grad_norm_sds":
                 assert_parity(np.float32(got[key]), np.float32(ref[key]), f"{key} (chunk {chunk})", rel=1e-5)

@@ -257,7 +257,7 @@ def test_optimizer_groups_by_dotted_path():
                       "geometry.density_network": (0.001, ["geometry.density_network.weight"]),
                       "background": (0.001, ["background.weight", "background.bias"])}
     spec["optimizer"]["params"] = {"geometry.encodingg": {"lr": 0.1}}
-    with pytest.raises(AttributeError, match="'geometry.encodingg': geometry has no attribute 'encodingg'"):
+    with pytest.raises(ConfigError, match="'geometry.encodingg': geometry has no attribute 'encodingg'"):
         TinySystem(spec).configure_optimizers()
     spec["optimizer"]["params"] = {"geometry": {"lr": 0.1}, "geometry.encoding": {"lr": 0.1}}
     with pytest.raises(ValueError, match="parameter geometry.encoding.weight is in optimizer groups"):

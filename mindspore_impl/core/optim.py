@@ -10,6 +10,10 @@ compile inside a jitted train step (MindSpore 2.7.2). This one follows torch's s
 
 State (all Parameters, so checkpoints hold it): `exp_avg.<param name>`, `exp_avg_sq.<param name>`,
 `optimizer_step`. Parameter groups carry their own lr and weight_decay, as in torch.
+
+NaN guard: an update whose gradients (or the loss, when given) are not all finite is skipped, as AMP's
+overflow skip does: parameters, moments and the step count stay as they were, and `update_skipped` is 1
+until the next update (the trainer counts consecutive skips and stops the run past its limit).
 """
 from __future__ import annotations
 
@@ -52,16 +56,21 @@ class TorchAdam(nn.Cell):
         self.exp_avg = self.parameters.clone(prefix="exp_avg", init="zeros")
         self.exp_avg_sq = self.parameters.clone(prefix="exp_avg_sq", init="zeros")
         self.optimizer_step = ms.Parameter(ms.Tensor(0, ms.int32), name="optimizer_step", requires_grad=False)
+        # not saved: it describes the last call only
+        self.update_skipped = ms.Parameter(ms.Tensor(0, ms.int32), name="optimizer_update_skipped",
+                                           requires_grad=False)
         self.lrs = tuple(lrs)
         self.wds = tuple(wds)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = float(eps)
         self.decoupled = decoupled
 
-    def construct(self, grads):
-        step = self.optimizer_step + 1
+    def construct(self, grads, loss=None):
+        finite = all_finite(grads if loss is None else tuple(grads) + (loss,))
+        step = self.optimizer_step + ops.cast(finite, ms.int32)
         ops.assign(self.optimizer_step, step)
-        t = ops.cast(step, ms.float32)
+        ops.assign(self.update_skipped, 1 - ops.cast(finite, ms.int32))
+        t = ops.cast(ops.maximum(step, 1), ms.float32)  # a skip at step 0 must not divide by 1 - b^0 = 0
         bias1 = 1.0 - ops.pow(ms.Tensor(self.beta1, ms.float32), t)
         bias2_sqrt = ops.sqrt(1.0 - ops.pow(ms.Tensor(self.beta2, ms.float32), t))
         for i in range(len(self.lrs)):
@@ -77,9 +86,9 @@ class TorchAdam(nn.Cell):
             m_new = m * self.beta1 + g * (1.0 - self.beta1)
             v_new = v * self.beta2 + g * g * (1.0 - self.beta2)
             denom = ops.sqrt(v_new) / bias2_sqrt + self.eps
-            ops.assign(m, m_new)
-            ops.assign(v, v_new)
-            ops.assign(p, p_new - (lr / bias1) * (m_new / denom))
+            ops.assign(m, ops.where(finite, m_new, m))
+            ops.assign(v, ops.where(finite, v_new, v))
+            ops.assign(p, ops.where(finite, p_new - (lr / bias1) * (m_new / denom), p))
         return step
 
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -92,6 +101,11 @@ class TorchAdam(nn.Cell):
         out = {p.name: p for p in list(self.exp_avg) + list(self.exp_avg_sq)}
         out[self.optimizer_step.name] = self.optimizer_step
         return out
+
+
+def all_finite(tensors) -> ms.Tensor:
+    """A bool scalar: every element of every tensor is finite (no NaN, no inf)."""
+    return ops.stack([ops.isfinite(x).all() for x in tensors]).all()
 
 
 def _number(value: Any, key: str, lo: float = 0.0, hi: float = math.inf, open_hi: bool = False) -> float:

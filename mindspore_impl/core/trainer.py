@@ -42,7 +42,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.errors import Interrupted
+from mindspore_impl.core.errors import Interrupted, UserError
 from mindspore_impl.core.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteCheckpointError
 from mindspore_impl.core.train_state import (LAST, capture_global_rng, clean_stale_files, copy_training_state,
                                              open_training_state, prune_step_checkpoints, remove_checkpoint,
@@ -51,6 +51,10 @@ from mindspore_impl.core.trial import Trial
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingDiverged(UserError):
+    """Too many consecutive steps had a non-finite loss or gradient (their updates were skipped)."""
 
 
 class TrainingInterrupted(Interrupted):
@@ -83,6 +87,8 @@ class TrainerConfig:
     precision: Any = 32
     test_video_fps: int = field(default=30, metadata=_at_least(1))
     test_video_formats: list = field(default_factory=lambda: ["mp4", "gif"])
+    # a step with a non-finite loss or gradient skips its update (core/optim.py); this many in a row stop the run
+    max_consecutive_skips: int = field(default=10, metadata=_at_least(1))
 
 
 @dataclass
@@ -258,6 +264,7 @@ class Trainer:
         last_t = time.perf_counter()
         every = self.ckpt_cfg.every_n_train_steps
         self._saved_at = None
+        self._skips_in_row = 0
         try:
             while self.global_step < cfg.max_steps:
                 if self._stop_signal is not None:
@@ -271,6 +278,7 @@ class Trainer:
                     self._arm_signals()
                 if "loss" not in metrics:
                     raise KeyError(f"{type(self.system).__name__}.training_step must return a 'loss' metric")
+                self._count_skips(step, metrics)
                 self.global_step = step + 1
                 self.system.set_step(self.global_step)
                 now = time.perf_counter()
@@ -281,8 +289,6 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
                     bar.update(1)
-                if not math.isfinite(metrics["loss"]):
-                    self.log(f"warning: loss is {metrics['loss']} at step {step}")
                 if cfg.val_check_interval and self.global_step % cfg.val_check_interval == 0:
                     self.validate()
                 if every and self.global_step % every == 0:
@@ -296,6 +302,26 @@ class Trainer:
         if self.ckpt_cfg.save_last and self._saved_at != self.global_step:
             self.save_checkpoint("last")
         return self.global_step
+
+    def _count_skips(self, step: int, metrics: dict) -> None:
+        """NaN guard: a skipped update (non-finite loss or gradient) is logged; too many in a row stop the run
+        before anything non-finite reaches a checkpoint."""
+        last_skipped = getattr(self.system, "last_update_skipped", None)
+        skipped = (last_skipped() if last_skipped is not None else False) or not math.isfinite(metrics["loss"])
+        metrics["update_skipped"] = float(skipped)
+        if not skipped:
+            self._skips_in_row = 0
+            return
+        self._skips_in_row += 1
+        limit = self.cfg.max_consecutive_skips
+        self.log(f"warning: step {step}: loss {metrics['loss']}, a non-finite loss or gradient; the update was "
+                 f"skipped ({self._skips_in_row} in a row, the run stops at {limit})")
+        if self._skips_in_row >= limit:
+            raise TrainingDiverged(
+                f"training stopped at step {step}: {limit} consecutive steps had a non-finite loss or gradient "
+                f"and skipped their updates (the parameters are those before step {step - limit + 1}); "
+                f"{self._last_good()}; likely causes: a learning rate or loss weight too large, fp16 overflow "
+                f"(system.amp_level=O2: lower system.loss_scale), or a guidance scale too high")
 
     def _progress_bar(self):
         if not self.cfg.enable_progress_bar:

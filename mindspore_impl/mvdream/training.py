@@ -104,7 +104,7 @@ def make_train_step(loss_cell: nn.Cell, optimizer, ema: Optional[EMA] = None, ji
         loss, grads = grad_fn(*inputs)
         if grad_clip is not None:
             grads = ops.clip_by_global_norm(grads, grad_clip)
-        optimizer(grads)
+        optimizer(grads, loss)  # skipped when the loss or a gradient is not finite
         if ema is not None:
             ema()
         return loss

@@ -31,7 +31,7 @@ import numpy as np
 from mindspore import nn
 
 from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict
-from mindspore_impl.core.config import parse_structured, to_container
+from mindspore_impl.core.config import ConfigError, parse_structured, to_container
 from mindspore_impl.core.optim import TorchAdam, build_optimizer, unique_params
 from mindspore_impl.core.schedule import C as schedule_value
 from mindspore_impl.core.schedule import check_schedules
@@ -60,7 +60,7 @@ def get_by_path(root: Any, dotted: str) -> Any:
     for i, part in enumerate(dotted.split(".")):
         if not hasattr(obj, part):
             where = ".".join(dotted.split(".")[:i]) or type(root).__name__
-            raise AttributeError(f"'{dotted}': {where} has no attribute '{part}'")
+            raise ConfigError(f"'{dotted}': {where} has no attribute '{part}'")
         obj = getattr(obj, part)
     return obj
 
@@ -73,7 +73,7 @@ def _flatten_groups(spec: dict, prefix: str = "") -> dict[str, dict]:
         path = f"{prefix}{key}"
         value = value or {}
         if not isinstance(value, dict):
-            raise TypeError(f"optimizer.params.{path} must be a mapping like {{lr: 0.01}}, got {value!r}")
+            raise ConfigError(f"optimizer.params.{path} must be a mapping like {{lr: 0.01}}, got {value!r}")
         leaf = {k: v for k, v in value.items() if not isinstance(v, dict)}
         nested = {k: v for k, v in value.items() if isinstance(v, dict)}
         if leaf or not nested:
@@ -91,7 +91,7 @@ class BaseSystem(ABC):
     def __init__(self, cfg: Any = None, seed: int = 0, resumed: bool = False) -> None:
         self.cfg = parse_structured(self.Config, cfg, where=type(self).__name__)
         if self.cfg.scheduler is not None:
-            raise ValueError("system.scheduler: learning-rate schedulers are not supported; remove the key")
+            raise ConfigError("system.scheduler: learning-rate schedulers are not supported; remove the key")
         check_schedules(list((to_container(self.cfg.loss) or {}).values()))
         self.seed = int(seed)
         self.resumed = resumed
@@ -188,10 +188,11 @@ class BaseSystem(ABC):
             elif isinstance(target, ms.Parameter):
                 params = [target]
             else:
-                raise TypeError(f"optimizer.params.{path} is a {type(target).__name__}, not a Cell or Parameter")
+                raise ConfigError(f"optimizer.params.{path} is a {type(target).__name__}, not a Cell or Parameter")
             for p in params:
                 if id(p) in owner:
-                    raise ValueError(f"parameter {p.name} is in optimizer groups '{owner[id(p)]}' and '{path}'")
+                    raise ConfigError(f"parameter {p.name} is in optimizer groups '{owner[id(p)]}' and '{path}'; "
+                                      "list each parameter in one group")
                 owner[id(p)] = path
             groups.append({"name": path, "params": params, **(args or {})})
         return groups
@@ -200,7 +201,7 @@ class BaseSystem(ABC):
         spec = to_container(self.cfg.optimizer) or {}
         unknown = sorted(set(spec) - {"name", "args", "params"})
         if unknown:
-            raise ValueError(f"system.optimizer: unknown keys {unknown} (allowed: name, args, params)")
+            raise ConfigError(f"system.optimizer: unknown keys {unknown} (allowed: name, args, params)")
         self.optimizer = build_optimizer(spec.get("name", "AdamW"), self.parameter_groups(), spec.get("args") or {})
         return self.optimizer
 
@@ -220,10 +221,14 @@ class BaseSystem(ABC):
             (loss, aux), grads = grad_fn(*inputs)
             if grad_clip is not None:
                 grads = ms.ops.clip_by_global_norm(grads, grad_clip)
-            opt(grads)
+            opt(grads, loss)  # skipped when the loss or a gradient is not finite
             return loss, aux
 
         return ms.jit(step) if jit else step
+
+    def last_update_skipped(self) -> bool:
+        """Whether the optimizer skipped the last update (a non-finite loss or gradient; core/optim.py)."""
+        return self.optimizer is not None and int(self.optimizer.update_skipped.asnumpy()) == 1
 
     # ----- resume state
 

@@ -71,6 +71,11 @@ class MVDreamSystemConfig(BaseSystemConfig):
     # chunks of N rays (render without a graph, d loss / d image through VAE and UNet, then re-render each
     # chunk with gradients): activation memory is bounded at any resolution; the renderer runs twice.
     render_chunk_rays: int = 0
+    # the guidance pass of a deferred step (VAE encode with gradient, UNet) compiled as one graph (true) or run
+    # op by op in PyNative (false). None: PyNative on CPU, where MindSpore's graph runtime keeps every kernel
+    # output of a graph alive for the graph's lifetime (the stage-1 UNet forward alone passed 17 GB), while
+    # PyNative frees each tensor after its last use; compiled elsewhere.
+    guidance_graph: Optional[bool] = None
     # mesh export (lift3d/export/mesh.py MeshExportConfig); threshold defaults to the geometry's
     exporter_type: str = "mesh-exporter"
     exporter: dict = field(default_factory=dict)
@@ -429,7 +434,7 @@ class MVDreamSystem(BaseSystem):
             grads = tuple(g / scale for g in grads)
             if clip is not None:
                 grads = ops.clip_by_global_norm(grads, clip)
-            opt(grads)
+            opt(grads, aux[0])  # skipped when the loss or a gradient is not finite
             return aux[0], aux
 
         return ms.jit(step) if ms.get_context("mode") == ms.GRAPH_MODE else step
@@ -493,17 +498,34 @@ class MVDreamSystem(BaseSystem):
         def accumulate(acc, *chunk):
             return tuple(a + g for a, g in zip(acc, chunk_grad(*chunk)))
 
-        def update(grads):
+        def update(grads, loss):
             if scale != 1.0:
                 grads = tuple(g / scale for g in grads)
             if clip is not None:
                 grads = ops.clip_by_global_norm(grads, clip)
-            return opt(grads)
+            return opt(grads, loss)  # skipped when the loss or a gradient is not finite
 
-        fns = {"render": compile_fn(render), "image_grad": compile_fn(image_grad),
+        guidance_fn = image_grad if self._eager_guidance() else compile_fn(image_grad)
+        fns = {"render": compile_fn(render), "image_grad": guidance_fn,
                "accumulate": compile_fn(accumulate), "update": compile_fn(update)}
         self._steps[key] = fns
         return fns
+
+    def _eager_guidance(self) -> bool:
+        if self.cfg.guidance_graph is None:
+            return ms.get_context("device_target") == "CPU"
+        return not self.cfg.guidance_graph
+
+    def _image_grad(self, fn, *args):
+        """fn(*args), in PyNative when the guidance pass runs eagerly (the mode is restored afterwards)."""
+        mode = ms.get_context("mode")
+        if not self._eager_guidance() or mode == ms.PYNATIVE_MODE:
+            return fn(*args)
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            return fn(*args)
+        finally:
+            ms.set_context(mode=mode)
 
     def _deferred_step(self, inputs: dict) -> np.ndarray:
         """Forward + backward + update in fixed chunks of render_chunk_rays rays; returns forward()'s aux."""
@@ -530,17 +552,17 @@ class MVDreamSystem(BaseSystem):
             maps.append(m.asnumpy())
             orient_total += osum.asnumpy()
         maps = np.concatenate(maps, 0)[:n].reshape(b, h, w, -1)
-        (_, aux), d_maps = fns["image_grad"](
-            ms.Tensor(maps), *[ms.Tensor(inputs[k]) for k in ("bg_color", "bg_mask", "c2w", "text_embeddings", "t",
+        (_, aux), d_maps = self._image_grad(
+            fns["image_grad"], ms.Tensor(maps), *[ms.Tensor(inputs[k]) for k in ("bg_color", "bg_mask", "c2w", "text_embeddings", "t",
                                                                "noise", "vae_noise", "loss_weights")],
             ms.Tensor(orient_total))
         aux = aux.asnumpy()
         d_maps = per_ray(d_maps.asnumpy(), fill=0.0)
         orient_scale = ms.Tensor(np.float32(aux[-1] * float(self.cfg.loss_scale)))
-        grads = tuple(ops.zeros_like(p) for p in self.optimizer.parameters)
+        grads = ms.mutable(tuple(ops.zeros_like(p) for p in self.optimizer.parameters))  # an input, not a constant
         for args, s in chunks:
-            grads = fns["accumulate"](grads, *args, ms.Tensor(d_maps[s:s + chunk]), orient_scale)
-        fns["update"](grads)
+            grads = ms.mutable(fns["accumulate"](grads, *args, ms.Tensor(d_maps[s:s + chunk]), orient_scale))
+        fns["update"](grads, ms.Tensor(np.float32(aux[0])))
         return aux[:-1]
 
     def run_step(self, inputs: dict) -> dict[str, float]:
