@@ -7,6 +7,7 @@ All randomness enters through the `jitter` tensor (B,H,W,S), S = `jitter_samples
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import mindspore as ms
@@ -14,9 +15,9 @@ from mindspore import Tensor, nn, ops
 
 from mindspore_impl.core.registry import register
 from mindspore_impl.lift3d.renderers.occupancy_grid import OccupancyGrid
-from mindspore_impl.lift3d.renderers.ray_sampling import (_arange, composite_weights, merged_intervals, normalize,
-                                                          ray_box_intersect, sample_pdf, sort_samples, stratified_t,
-                                                          uniform_intervals)
+from mindspore_impl.lift3d.renderers.ray_sampling import (_arange, compact_slots, composite_weights, merged_intervals,
+                                                          normalize, ray_box_intersect, sample_pdf, scatter_back,
+                                                          sort_samples, stratified_t, uniform_intervals)
 from mindspore_impl.lift3d.spec.nerf_volume_renderer import IMAGE_KEYS, Config, SubModules, parse_renderer_config
 
 
@@ -69,41 +70,83 @@ class NeRFVolumeRenderer(nn.Cell):
             return ops.ones_like(positions[:, :1])
         return self.estimator.occupied(positions)
 
-    def _sample_intervals(self, rays_o, rays_d, near, far, u_c, u_i):
-        """-> t (R,S) sample positions and interval starts/ends (R,S); no gradient flows through sampling."""
+    def bucket_sizes(self, n_rays: int, fraction: float) -> tuple[int, int]:
+        """Buffer sizes (fine samples, coarse samples) of a compaction bucket for n_rays rays (0: dense)."""
+        if fraction <= 0:
+            return 0, 0
+        size = lambda m: min(m, -(-int(math.ceil(fraction * m)) // 64) * 64)  # a multiple of 64, at most m
+        coarse = size(n_rays * self.num_coarse) if self.num_importance else 0
+        return size(n_rays * self.jitter_samples), coarse
+
+    def _coarse_density(self, pos_c, bucket: int):
+        """Occupancy-masked density of the coarse samples, evaluated only on occupied ones when bucket > 0
+        -> (M,1) and the occupied count."""
+        occ = self._occupancy(pos_c)
+        if not bucket:
+            return self.geometry.forward_density(pos_c) * occ, (occ > 0.5).astype(ms.int32).sum()
+        slot, source, count = compact_slots(occ.reshape(-1) > 0.5, bucket)
+        return scatter_back(self.geometry.forward_density(ops.gather(pos_c, source, 0)), slot), count
+
+    def _sample_intervals(self, rays_o, rays_d, near, far, u_c, u_i, bucket: int = 0):
+        """-> t (R,S) sample positions, interval starts/ends (R,S) and the occupied coarse-sample count;
+        no gradient flows through sampling."""
         step = (far - near) / self.num_coarse
         t_c = stratified_t(near, step, u_c)
         if self.num_importance == 0:
             starts, ends = uniform_intervals(near, step, self.num_coarse)
-            return t_c, starts, ends
+            return t_c, starts, ends, ops.zeros((), ms.int32)
         pos_c = (ops.expand_dims(rays_o, 1) + ops.expand_dims(rays_d, 1) * ops.expand_dims(t_c, 2)).reshape(-1, 3)
-        sigma_c = (self.geometry.forward_density(pos_c) * self._occupancy(pos_c)).reshape(t_c.shape)
+        sigma_c, count = self._coarse_density(pos_c, bucket)
+        sigma_c = sigma_c.reshape(t_c.shape)
         w_c = composite_weights(ops.stop_gradient(sigma_c), ops.broadcast_to(step, t_c.shape))
         t_i = sample_pdf(near, step, w_c, u_i)
         t = ops.stop_gradient(sort_samples(ops.concat([t_c, t_i], -1)))
         starts, ends = merged_intervals(t, near, far)
-        return t, starts, ends
+        return t, starts, ends, count
 
-    # ---------------------------------------------------------------- rendering
-    def render_rays(self, rays_o, rays_d, light_positions, u_c, u_i, bg_rgb, shading="diffuse",
-                    ambient_color=None, diffuse_color=None):
-        """Flat rays (R,3) with per-ray light positions (R,3) and background colours (R,3) -> dict of (R,...) maps
-        and per-sample tensors (R*S,...)."""
-        n_rays = rays_o.shape[0]
-        near, far = ray_box_intersect(rays_o, rays_d, self.radius)
-        t, starts, ends = self._sample_intervals(rays_o, rays_d, near, far, u_c, u_i)
-        n_s = t.shape[-1]
-        positions = (ops.expand_dims(rays_o, 1) + ops.expand_dims(rays_d, 1) * ops.expand_dims(t, 2)).reshape(-1, 3)
-        t_dirs = ops.broadcast_to(ops.expand_dims(rays_d, 1), (n_rays, n_s, 3)).reshape(-1, 3)
-        t_light = ops.broadcast_to(ops.expand_dims(light_positions, 1), (n_rays, n_s, 3)).reshape(-1, 3)
+    def _shade(self, positions, t_dirs, t_light, shading, ambient_color, diffuse_color):
+        """Occupancy-masked density (M,1), colour (M,3) and normal (M,3) or None at every sample."""
         if self.need_normal:
             density, features, normal = self.geometry.forward_with_normal(positions)
         else:
             density, features = self.geometry(positions)
             normal = None
-        density = density * self._occupancy(positions)
         rgb = self.material(features, t_dirs, positions, t_light, normal, shading=shading, ambient_color=ambient_color,
                             diffuse_color=diffuse_color)
+        return density * self._occupancy(positions), rgb, normal
+
+    def _shade_occupied(self, positions, t_dirs, t_light, shading, ambient_color, diffuse_color, bucket: int):
+        """_shade on a buffer of `bucket` occupied samples, scattered back (empty samples: density 0, colour 0,
+        normal 0; they get no compositing weight either way) -> density, rgb, normal, occupied count."""
+        slot, source, count = compact_slots(self._occupancy(positions).reshape(-1) > 0.5, bucket)
+        pick = lambda x: ops.gather(x, source, 0)
+        density, rgb, normal = self._shade(pick(positions), pick(t_dirs), pick(t_light), shading, ambient_color,
+                                           diffuse_color)
+        normal = None if normal is None else scatter_back(normal, slot)
+        return scatter_back(density, slot), scatter_back(rgb, slot), normal, count
+
+    # ---------------------------------------------------------------- rendering
+    def render_rays(self, rays_o, rays_d, light_positions, u_c, u_i, bg_rgb, shading="diffuse",
+                    ambient_color=None, diffuse_color=None, bucket=(0, 0)):
+        """Flat rays (R,3) with per-ray light positions (R,3) and background colours (R,3) -> dict of (R,...) maps
+        and per-sample tensors (R*S,...).
+
+        bucket (fine, coarse) > 0 evaluates the field only on that many occupied samples (bucket_sizes); the
+        result equals the dense render when the buffers hold every occupied sample, which the returned
+        `occupied` counts (fine, coarse) let the caller check."""
+        n_rays = rays_o.shape[0]
+        near, far = ray_box_intersect(rays_o, rays_d, self.radius)
+        t, starts, ends, count_c = self._sample_intervals(rays_o, rays_d, near, far, u_c, u_i, bucket[1])
+        n_s = t.shape[-1]
+        positions = (ops.expand_dims(rays_o, 1) + ops.expand_dims(rays_d, 1) * ops.expand_dims(t, 2)).reshape(-1, 3)
+        t_dirs = ops.broadcast_to(ops.expand_dims(rays_d, 1), (n_rays, n_s, 3)).reshape(-1, 3)
+        t_light = ops.broadcast_to(ops.expand_dims(light_positions, 1), (n_rays, n_s, 3)).reshape(-1, 3)
+        if bucket[0]:
+            density, rgb, normal, count = self._shade_occupied(positions, t_dirs, t_light, shading, ambient_color,
+                                                               diffuse_color, bucket[0])
+        else:
+            density, rgb, normal = self._shade(positions, t_dirs, t_light, shading, ambient_color, diffuse_color)
+            count = (self._occupancy(positions) > 0.5).astype(ms.int32).sum()
 
         weights = composite_weights(density.reshape(n_rays, n_s), ends - starts)
         opacity = weights.sum(axis=-1, keepdims=True)
@@ -116,10 +159,11 @@ class NeRFVolumeRenderer(nn.Cell):
             comp_normal = (comp_normal + 1.0) / 2.0 * opacity  # [0,1] for visualisation, as threestudio
             return {"comp_rgb": comp_rgb, "comp_rgb_fg": comp_rgb_fg, "comp_rgb_bg": bg_rgb, "opacity": opacity,
                     "depth": depth, "z_variance": z_variance, "weights": weights.reshape(-1, 1),
-                    "t_points": t.reshape(-1, 1), "t_dirs": t_dirs, "comp_normal": comp_normal, "normal": normal}
+                    "t_points": t.reshape(-1, 1), "t_dirs": t_dirs, "comp_normal": comp_normal, "normal": normal,
+                    "occupied": ops.stack([count.astype(ms.int32), count_c.astype(ms.int32)])}
         return {"comp_rgb": comp_rgb, "comp_rgb_fg": comp_rgb_fg, "comp_rgb_bg": bg_rgb, "opacity": opacity,
                 "depth": depth, "z_variance": z_variance, "weights": weights.reshape(-1, 1),
-                "t_points": t.reshape(-1, 1), "t_dirs": t_dirs}
+                "t_points": t.reshape(-1, 1), "t_dirs": t_dirs, "occupied": ops.stack([count.astype(ms.int32), count_c.astype(ms.int32)])}
 
     def construct(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
                   ambient_color=None, diffuse_color=None):
@@ -142,20 +186,23 @@ class NeRFVolumeRenderer(nn.Cell):
                     "comp_rgb_bg": out["comp_rgb_bg"].reshape(img), "opacity": out["opacity"].reshape(img),
                     "depth": out["depth"].reshape(img), "z_variance": out["z_variance"].reshape(img),
                     "weights": out["weights"], "t_points": out["t_points"], "t_dirs": out["t_dirs"],
-                    "comp_normal": out["comp_normal"].reshape(img), "normal": out["normal"]}
+                    "comp_normal": out["comp_normal"].reshape(img), "normal": out["normal"],
+                    "occupied": out["occupied"]}
         return {"comp_rgb": out["comp_rgb"].reshape(img), "comp_rgb_fg": out["comp_rgb_fg"].reshape(img),
                 "comp_rgb_bg": out["comp_rgb_bg"].reshape(img), "opacity": out["opacity"].reshape(img),
                 "depth": out["depth"].reshape(img), "z_variance": out["z_variance"].reshape(img),
-                "weights": out["weights"], "t_points": out["t_points"], "t_dirs": out["t_dirs"]}
+                "weights": out["weights"], "t_points": out["t_points"], "t_dirs": out["t_dirs"],
+                "occupied": out["occupied"]}
 
     def render_ray_chunk(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
-                         ambient_color=None, diffuse_color=None):
+                         ambient_color=None, diffuse_color=None, bucket=(0, 0)):
         """Flat rays (C,3) with per-ray light positions (C,3) and jitter (C,S) or None -> render_rays' dict,
         the background drawn per ray. One chunk of render_chunked and of deferred backpropagation."""
         c = rays_o.shape[0]
         bg = self.background(rays_d.reshape(1, 1, c, 3), bg_aug_color).reshape(c, 3)
         u_c, u_i = self._uniforms(jitter, c, rays_o)
-        return self.render_rays(rays_o, rays_d, light_positions, u_c, u_i, bg, shading, ambient_color, diffuse_color)
+        return self.render_rays(rays_o, rays_d, light_positions, u_c, u_i, bg, shading, ambient_color, diffuse_color,
+                                bucket)
 
     def render_chunked(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
                        ambient_color=None, diffuse_color=None, chunk_size: Optional[int] = None):

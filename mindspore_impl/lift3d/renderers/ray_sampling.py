@@ -80,3 +80,26 @@ def composite_weights(sigma, delta):
 def normalize(x, eps: float = 1e-12):
     """F.normalize semantics x / max(|x|, eps); the clamp sits under the sqrt so a zero vector has a zero gradient."""
     return x / ops.sqrt(ops.clamp((x * x).sum(axis=-1, keepdims=True), min=eps * eps))
+
+
+def compact_slots(occupied, bucket: int):
+    """Empty-space skipping with static shapes: a buffer of `bucket` slots for the occupied samples.
+
+    occupied (M,) bool -> slot (M,) int32: each occupied sample's place in the buffer, in sample order, and
+    `bucket` (no place) for empty samples and occupied ones beyond the buffer; source (bucket,) int32: the sample
+    each slot holds (0 in unused slots, whose results are never read back); count () int32: occupied samples.
+    """
+    m = occupied.shape[0]
+    occ = occupied.astype(ms.int32)
+    rank = ops.cumsum(occ, 0) - 1
+    keep = ops.logical_and(occupied, rank < bucket)
+    slot = ops.where(keep, rank, ops.full_like(rank, bucket))
+    ids = ops.arange(0, m, 1, dtype=ms.int32) * keep.astype(ms.int32)
+    source = ops.unsorted_segment_sum(ids, slot, bucket + 1)[:bucket]
+    return slot, source, occ.sum()
+
+
+def scatter_back(values, slot):
+    """Buffer values (K,C) -> per sample (M,C) by slot; samples without a slot (slot K) get 0."""
+    padded = ops.concat([values, ops.zeros((1, values.shape[1]), values.dtype)], 0)
+    return ops.gather(padded, slot, 0)

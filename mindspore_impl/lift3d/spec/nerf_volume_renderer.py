@@ -4,11 +4,11 @@ and the host-side jitter (numpy). Shared by mindspore_impl/ and torch_ref/lift3d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from mindspore_impl.core.config import parse_structured
+from mindspore_impl.core.config import ConfigError, parse_structured
 
 
 IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "comp_normal")
@@ -29,6 +29,10 @@ class Config:
     occ_update_interval: int = 16
     occ_step_samples: int = 512            # occupancy alpha uses upstream render_step_size 1.732*2*radius/512
     return_comp_normal: bool = False
+    # empty-space skipping in deferred training steps (system.render_chunk_rays > 0): buffer sizes for the
+    # occupied samples of a ray chunk, as fractions of its samples, ascending (e.g. [0.125, 0.25, 0.5, 1.0]);
+    # each step takes the smallest that holds every occupied sample. Empty: every sample is evaluated.
+    compaction_buckets: list = field(default_factory=list)
     return_normal_perturb: bool = False
 
 
@@ -42,14 +46,18 @@ class SubModules:
 
 def check_config(cfg: Config, geometry, material) -> None:
     if cfg.return_normal_perturb:
-        raise ValueError("nerf-volume-renderer: return_normal_perturb=True is not supported")
+        raise ConfigError(f"nerf-volume-renderer: return_normal_perturb=True is not supported")
+    buckets = list(cfg.compaction_buckets)
+    if any(not 0 < float(f) <= 1 for f in buckets) or buckets != sorted(buckets) or (buckets and buckets[-1] != 1):
+        raise ConfigError(f"nerf-volume-renderer: compaction_buckets must be ascending fractions in (0, 1] ending at "
+                         f"1.0 (e.g. [0.125, 0.25, 0.5, 1.0]), got {buckets}")
     if cfg.num_samples_per_ray < 2 or cfg.num_importance_samples < 0:
-        raise ValueError(f"nerf-volume-renderer: need num_samples_per_ray >= 2 and num_importance_samples >= 0, "
+        raise ConfigError(f"nerf-volume-renderer: need num_samples_per_ray >= 2 and num_importance_samples >= 0, "
                          f"got {cfg.num_samples_per_ray}, {cfg.num_importance_samples}")
     if abs(cfg.radius - float(geometry.cfg.radius)) > 1e-6:
-        raise ValueError(f"nerf-volume-renderer: radius {cfg.radius} differs from geometry radius {geometry.cfg.radius}")
+        raise ConfigError(f"nerf-volume-renderer: radius {cfg.radius} differs from geometry radius {geometry.cfg.radius}")
     if material.requires_normal and geometry.cfg.normal_type is None:
-        raise ValueError("nerf-volume-renderer: the material needs normals but geometry.normal_type is None")
+        raise ConfigError(f"nerf-volume-renderer: the material needs normals but geometry.normal_type is None")
 
 
 def make_jitter(shape, seed: int) -> np.ndarray:

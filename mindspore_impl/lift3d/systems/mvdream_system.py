@@ -214,6 +214,8 @@ class MVDreamSystem(BaseSystem):
         if cfg.use_recompute:
             self._apply_recompute()
         self._steps: dict[str, Any] = {}
+        # compaction bucket of the next deferred step: the largest (every sample) until a step has measured
+        self._bucket_index = max(0, len(self.renderer.cfg.compaction_buckets) - 1)
 
     def _find_classes(self) -> dict[str, type]:
         _import_lift3d()
@@ -339,6 +341,14 @@ class MVDreamSystem(BaseSystem):
                 module.update_step(0, global_step)
         self.guidance.update_step(global_step)
 
+    def extra_state(self):
+        """The compaction bucket of the next step, so a resumed run evaluates the same buffers."""
+        return {}, {"compaction_bucket": self._bucket_index}
+
+    def load_extra_state(self, arrays, meta) -> None:
+        super().load_extra_state(arrays, {k: v for k, v in meta.items() if k != "compaction_bucket"})
+        self._bucket_index = int(meta.get("compaction_bucket", self._bucket_index))
+
     def loss_weight_values(self) -> np.ndarray:
         return np.array([float(self.C(self.loss_weights[t])) for t in LOSS_TERMS], np.float32)
 
@@ -441,17 +451,19 @@ class MVDreamSystem(BaseSystem):
 
     # ----- the step with deferred backpropagation (render_chunk_rays > 0)
 
-    def chunk_maps(self, shading, rays_o, rays_d, light_positions, jitter, ambient_color, diffuse_color, valid):
+    def chunk_maps(self, shading, bucket, rays_o, rays_d, light_positions, jitter, ambient_color, diffuse_color,
+                   valid):
         """One chunk of flat rays (C,...) -> (maps (C, 8) stacked in DEFERRED_MAPS order, orient sum over the
-        chunk's valid rays); `valid` (C,) is 0 for the rays that pad the last chunk."""
+        chunk's valid rays, occupied sample counts (2,)); `valid` (C,) is 0 for the rays that pad the last chunk;
+        bucket: the renderer's compaction buffer sizes ((0, 0): dense)."""
         out = self.renderer.render_ray_chunk(rays_o, rays_d, light_positions, jitter, None, shading, ambient_color,
-                                             diffuse_color)
+                                             diffuse_color, bucket)
         maps = ops.concat([out[key] for key, _ in DEFERRED_MAPS], -1)
         if not self.loss_active[1]:
-            return maps, ops.zeros((), ms.float32)
+            return maps, ops.zeros((), ms.float32), out["occupied"]
         n = rays_o.shape[0]
         weights = (out["weights"].reshape(n, -1) * valid.reshape(n, 1)).reshape(-1, 1)
-        return maps, orient_sum(weights, out["normal"], out["t_dirs"])
+        return maps, orient_sum(weights, out["normal"], out["t_dirs"]), out["occupied"]
 
     def image_loss(self, maps, bg_color, bg_mask, c2w, text_embeddings, t, noise, vae_noise, loss_weights,
                    orient_total):
@@ -468,10 +480,37 @@ class MVDreamSystem(BaseSystem):
             loss = loss + terms[i] * loss_weights[i]
         return loss, ops.stack([loss] + terms + [grad_norm, loss_weights[1] / count])
 
-    def _deferred_fns(self, shading: str) -> dict:
-        """The four compiled (or PyNative) pieces of a deferred step for one shading mode, built on first use:
-        render (no graph), image_grad (d loss / d maps), accumulate (chunk gradients), update (optimizer)."""
-        key = ("deferred", shading)
+    def _chunk_fns(self, shading: str, bucket: tuple) -> dict:
+        """The per-chunk pieces of a deferred step for one shading mode and compaction bucket, built on first use:
+        render (no graph) and accumulate (the chunk's parameter gradients added to the running sum)."""
+        key = ("chunk", shading, bucket)
+        if key in self._steps:
+            return self._steps[key]
+        if self.optimizer is None:
+            self.configure_optimizers()
+        compile_fn = ms.jit if ms.get_context("mode") == ms.GRAPH_MODE else (lambda fn: fn)
+
+        def render(*chunk):
+            maps, osum, occupied = self.chunk_maps(shading, bucket, *chunk)
+            return ops.stop_gradient(maps), ops.stop_gradient(osum), occupied
+
+        def chunk_objective(rays_o, rays_d, light_positions, jitter, ambient, diffuse, valid, d_maps, orient_scale):
+            maps, osum, _ = self.chunk_maps(shading, bucket, rays_o, rays_d, light_positions, jitter, ambient,
+                                            diffuse, valid)
+            return (maps * d_maps).sum() + orient_scale * osum
+
+        chunk_grad = ms.grad(chunk_objective, None, self.optimizer.parameters)
+
+        def accumulate(acc, *chunk):
+            return tuple(a + g for a, g in zip(acc, chunk_grad(*chunk)))
+
+        self._steps[key] = {"render": compile_fn(render), "accumulate": compile_fn(accumulate)}
+        return self._steps[key]
+
+    def _deferred_fns(self) -> dict:
+        """The image-level pieces of a deferred step, built on first use: image_grad (d loss / d maps through
+        the guidance) and update (the optimizer)."""
+        key = "deferred"
         if key in self._steps:
             return self._steps[key]
         if self.optimizer is None:
@@ -479,24 +518,11 @@ class MVDreamSystem(BaseSystem):
         opt, clip, scale = self.optimizer, self.cfg.grad_clip, float(self.cfg.loss_scale)
         compile_fn = ms.jit if ms.get_context("mode") == ms.GRAPH_MODE else (lambda fn: fn)
 
-        def render(*chunk):
-            maps, osum = self.chunk_maps(shading, *chunk)
-            return ops.stop_gradient(maps), ops.stop_gradient(osum)
-
         def scaled_image_loss(*inputs):
             loss, aux = self.image_loss(*inputs)
             return loss * scale, aux
 
         image_grad = ms.value_and_grad(scaled_image_loss, 0, None, has_aux=True)
-
-        def chunk_objective(rays_o, rays_d, light_positions, jitter, ambient, diffuse, valid, d_maps, orient_scale):
-            maps, osum = self.chunk_maps(shading, rays_o, rays_d, light_positions, jitter, ambient, diffuse, valid)
-            return (maps * d_maps).sum() + orient_scale * osum
-
-        chunk_grad = ms.grad(chunk_objective, None, opt.parameters)
-
-        def accumulate(acc, *chunk):
-            return tuple(a + g for a, g in zip(acc, chunk_grad(*chunk)))
 
         def update(grads, loss):
             if scale != 1.0:
@@ -506,10 +532,41 @@ class MVDreamSystem(BaseSystem):
             return opt(grads, loss)  # skipped when the loss or a gradient is not finite
 
         guidance_fn = image_grad if self._eager_guidance() else compile_fn(image_grad)
-        fns = {"render": compile_fn(render), "image_grad": guidance_fn,
-               "accumulate": compile_fn(accumulate), "update": compile_fn(update)}
-        self._steps[key] = fns
-        return fns
+        self._steps[key] = {"image_grad": guidance_fn, "update": compile_fn(update)}
+        return self._steps[key]
+
+    def _bucket(self, index: int) -> tuple:
+        """Compaction buffer sizes (fine, coarse) of bucket `index` for one ray chunk; (0, 0) when off."""
+        fractions = self.renderer.cfg.compaction_buckets
+        if not fractions:
+            return 0, 0
+        return self.renderer.bucket_sizes(int(self.cfg.render_chunk_rays), float(fractions[index]))
+
+    def _smallest_bucket(self, occupied: np.ndarray) -> int:
+        """The first bucket whose buffers hold the most occupied samples (fine, coarse) of any chunk."""
+        for i in range(len(self.renderer.cfg.compaction_buckets)):
+            if np.all(occupied <= np.asarray(self._bucket(i))):
+                return i
+        return len(self.renderer.cfg.compaction_buckets) - 1
+
+    def _render_chunks(self, shading: str, chunks: list) -> tuple:
+        """The no-graph render pass: every chunk in the current bucket; when a chunk's occupied samples overflow
+        it, all chunks again in the smallest bucket that holds them (nothing is dropped). Picks the next step's
+        bucket. -> (maps per chunk, orient sum, occupied counts per chunk (n_chunks, 2), the bucket used)."""
+        index = self._bucket_index
+        while True:
+            fns = self._chunk_fns(shading, self._bucket(index))
+            results = [[x.asnumpy() for x in fns["render"](*args)] for args, _ in chunks]
+            occupied = np.stack([r[2] for r in results])
+            needed = self._smallest_bucket(occupied.max(0)) if self.renderer.cfg.compaction_buckets else index
+            if needed <= index:
+                break
+            print(f"[compaction] {int(occupied.max(0)[0])} occupied samples (coarse {int(occupied.max(0)[1])}) in a "
+                  f"chunk overflow the buffer of {self._bucket(index)}; rendering again with {self._bucket(needed)}")
+            index = needed
+        self._bucket_index = needed
+        maps = [r[0] for r in results]
+        return maps, np.float32(sum(r[1] for r in results)), occupied, index
 
     def _eager_guidance(self) -> bool:
         if self.cfg.guidance_graph is None:
@@ -528,8 +585,9 @@ class MVDreamSystem(BaseSystem):
             ms.set_context(mode=mode)
 
     def _deferred_step(self, inputs: dict) -> np.ndarray:
-        """Forward + backward + update in fixed chunks of render_chunk_rays rays; returns forward()'s aux."""
-        fns = self._deferred_fns(inputs["shading"])
+        """Forward + backward + update in fixed chunks of render_chunk_rays rays -> (forward()'s aux, render
+        metrics: fraction of samples occupied and fraction evaluated)."""
+        fns = self._deferred_fns()
         b, h, w, _ = inputs["rays_o"].shape
         n, chunk = b * h * w, int(self.cfg.render_chunk_rays)
         pad = (-n) % chunk
@@ -546,11 +604,7 @@ class MVDreamSystem(BaseSystem):
         chunks = [([ms.Tensor(r[s:s + chunk]) for r in rays] + colors + [ms.Tensor(valid[s:s + chunk])], s)
                   for s in range(0, n + pad, chunk)]
 
-        maps, orient_total = [], np.float32(0.0)
-        for args, _ in chunks:
-            m, osum = fns["render"](*args)
-            maps.append(m.asnumpy())
-            orient_total += osum.asnumpy()
+        maps, orient_total, occupied, index = self._render_chunks(inputs["shading"], chunks)
         maps = np.concatenate(maps, 0)[:n].reshape(b, h, w, -1)
         (_, aux), d_maps = self._image_grad(
             fns["image_grad"], ms.Tensor(maps), *[ms.Tensor(inputs[k]) for k in ("bg_color", "bg_mask", "c2w", "text_embeddings", "t",
@@ -560,19 +614,24 @@ class MVDreamSystem(BaseSystem):
         d_maps = per_ray(d_maps.asnumpy(), fill=0.0)
         orient_scale = ms.Tensor(np.float32(aux[-1] * float(self.cfg.loss_scale)))
         grads = ms.mutable(tuple(ops.zeros_like(p) for p in self.optimizer.parameters))  # an input, not a constant
+        accumulate = self._chunk_fns(inputs["shading"], self._bucket(index))["accumulate"]
         for args, s in chunks:
-            grads = ms.mutable(fns["accumulate"](grads, *args, ms.Tensor(d_maps[s:s + chunk]), orient_scale))
+            grads = ms.mutable(accumulate(grads, *args, ms.Tensor(d_maps[s:s + chunk]), orient_scale))
         fns["update"](grads, ms.Tensor(np.float32(aux[0])))
-        return aux[:-1]
+        samples = (n + pad) * self.renderer.jitter_samples
+        evaluated = self._bucket(index)[0] * len(chunks) if self.renderer.cfg.compaction_buckets else samples
+        return aux[:-1], {"occupied_fraction": float(occupied[:, 0].sum()) / samples,
+                          "evaluated_fraction": evaluated / samples}
 
     def run_step(self, inputs: dict) -> dict[str, float]:
         """Forward + backward + AdamW update on inputs from draw_step_inputs; returns float metrics."""
+        render_metrics = {}
         if self.cfg.render_chunk_rays > 0:
-            aux = self._deferred_step(inputs)
+            aux, render_metrics = self._deferred_step(inputs)
         else:
             _, aux = self._step_fn(inputs["shading"])(*[ms.Tensor(inputs[k]) for k in self.STEP_INPUTS])
             aux = aux.asnumpy()
-        metrics = {"loss": float(aux[0])}
+        metrics = {"loss": float(aux[0]), **render_metrics}
         metrics.update({f"loss_{t}": float(aux[1 + i]) for i, t in enumerate(LOSS_TERMS) if self.loss_active[i]})
         metrics["grad_norm_sds"] = float(aux[-1])
         metrics.update({f"lambda_{t}": float(w) for t, w in zip(LOSS_TERMS, inputs["loss_weights"])})

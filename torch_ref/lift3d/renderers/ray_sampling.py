@@ -73,3 +73,21 @@ def composite_weights(sigma: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 def normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """F.normalize semantics x / max(|x|, eps); the clamp sits under the sqrt so a zero vector has a zero gradient."""
     return x / torch.sqrt(torch.clamp((x * x).sum(dim=-1, keepdim=True), min=eps * eps))
+
+
+def compact_slots(occupied: torch.Tensor, bucket: int):
+    """Empty-space skipping with static shapes: occupied (M,) bool -> slot (M,), source (bucket,), count ();
+    see the MindSpore twin. Slot `bucket` means no place in the buffer."""
+    m = occupied.shape[0]
+    occ = occupied.to(torch.int64)
+    rank = torch.cumsum(occ, 0) - 1
+    keep = occupied & (rank < bucket)
+    slot = torch.where(keep, rank, torch.full_like(rank, bucket))
+    source = torch.zeros(bucket + 1, dtype=torch.int64, device=occupied.device)
+    source.index_add_(0, slot, torch.arange(m, device=occupied.device) * keep.to(torch.int64))
+    return slot, source[:bucket], occ.sum()
+
+
+def scatter_back(values: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """Buffer values (K,C) -> per sample (M,C) by slot; samples without a slot get 0."""
+    return torch.cat([values, values.new_zeros(1, values.shape[1])], 0)[slot]
