@@ -223,7 +223,11 @@ class MultiviewDiffusionGuidance(nn.Cell):
         return e_u + self.guidance_scale * (e_c - e_u), e_c
 
     def construct(self, rgb, c2w, text_embeddings, t, noise, vae_noise):
-        latents = self.encode_images(rgb, vae_noise)
+        return self.latent_loss(self.encode_images(rgb, vae_noise), c2w, text_embeddings, t, noise)
+
+    def latent_loss(self, latents, c2w, text_embeddings, t, noise):
+        """The loss as a function of the encoded latents (B,4,h,w) -> (loss, grad norm); its gradient w.r.t. the
+        latents is the distillation gradient / B (the UNet runs without gradient)."""
         b = latents.shape[0]
         y = ops.stop_gradient(latents)
         camera = ops.stop_gradient(camera_condition(c2w))

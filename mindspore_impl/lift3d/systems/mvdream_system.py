@@ -16,6 +16,7 @@ Twin (one training step with the torch_ref modules): torch_ref/lift3d/systems/mv
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 from dataclasses import dataclass, field
@@ -465,20 +466,22 @@ class MVDreamSystem(BaseSystem):
         weights = (out["weights"].reshape(n, -1) * valid.reshape(n, 1)).reshape(-1, 1)
         return maps, orient_sum(weights, out["normal"], out["t_dirs"]), out["occupied"]
 
-    def image_loss(self, maps, bg_color, bg_mask, c2w, text_embeddings, t, noise, vae_noise, loss_weights,
-                   orient_total):
-        """forward()'s loss as a function of the stacked maps (B,H,W,8) -> (loss, aux (8,)): aux is forward's
-        plus the orient weight / lit-pixel count, the factor of the orient sum in the chunk pass (the orient
-        sum enters here as a number; its gradient comes from the chunk pass)."""
+    def maps_objective(self, maps, bg_color, bg_mask, d_rgb, loss_sds, grad_norm, loss_weights, orient_total):
+        """The image-level part of forward()'s loss as a function of the stacked maps (B,H,W,8), given the
+        guidance's gradient d loss_sds / d rgb -> (surrogate, aux (8,)). The surrogate's gradient w.r.t. the maps
+        is that of the weighted loss without its orient term (whose gradient comes from the chunk pass); aux is
+        forward()'s plus the orient weight / lit-pixel count, the factor of the orient sum in the chunk pass."""
         out = split_maps(maps)
         rgb = composite_background(out, bg_color, bg_mask)
-        loss_sds, grad_norm = self.guidance(rgb, c2w, text_embeddings, t, noise, vae_noise)
         count = lit_pixel_count(out["opacity"])
         terms = [loss_sds, orient_total / count] + image_regularizers(out, self.loss_active)
         loss = terms[0] * loss_weights[0]
+        surrogate = (rgb * d_rgb).sum() * loss_weights[0]
         for i in range(1, len(terms)):
             loss = loss + terms[i] * loss_weights[i]
-        return loss, ops.stack([loss] + terms + [grad_norm, loss_weights[1] / count])
+            if i >= 2:
+                surrogate = surrogate + terms[i] * loss_weights[i]
+        return surrogate, ops.stack([loss] + terms + [grad_norm, loss_weights[1] / count])
 
     def _chunk_fns(self, shading: str, bucket: tuple) -> dict:
         """The per-chunk pieces of a deferred step for one shading mode and compaction bucket, built on first use:
@@ -508,8 +511,10 @@ class MVDreamSystem(BaseSystem):
         return self._steps[key]
 
     def _deferred_fns(self) -> dict:
-        """The image-level pieces of a deferred step, built on first use: image_grad (d loss / d maps through
-        the guidance) and update (the optimizer)."""
+        """The image-level pieces of a deferred step, built on first use: rgb (composite), encode (VAE, no
+        gradient), latent_grad (the guidance loss and its gradient w.r.t. the latents; the UNet runs without
+        gradient), encode_vjp (d rgb from d latents, one view at a time), maps_grad (d loss / d maps) and
+        update (the optimizer). The VAE runs one view at a time, so its activations are one view's."""
         key = "deferred"
         if key in self._steps:
             return self._steps[key]
@@ -517,12 +522,21 @@ class MVDreamSystem(BaseSystem):
             self.configure_optimizers()
         opt, clip, scale = self.optimizer, self.cfg.grad_clip, float(self.cfg.loss_scale)
         compile_fn = ms.jit if ms.get_context("mode") == ms.GRAPH_MODE else (lambda fn: fn)
+        guidance_compile = (lambda fn: fn) if self._eager_guidance() else compile_fn
+        guidance = self.guidance
 
-        def scaled_image_loss(*inputs):
-            loss, aux = self.image_loss(*inputs)
-            return loss * scale, aux
+        def rgb(maps, bg_color, bg_mask):
+            return ops.stop_gradient(composite_background(split_maps(maps), bg_color, bg_mask))
 
-        image_grad = ms.value_and_grad(scaled_image_loss, 0, None, has_aux=True)
+        def encode(rgb_view, vae_noise):
+            return ops.stop_gradient(guidance.encode_images(rgb_view, vae_noise))
+
+        def encode_projection(rgb_view, vae_noise, d_latents):
+            return (guidance.encode_images(rgb_view, vae_noise) * d_latents).sum()
+
+        def scaled_maps_objective(*inputs):
+            surrogate, aux = self.maps_objective(*inputs)
+            return surrogate * scale, aux
 
         def update(grads, loss):
             if scale != 1.0:
@@ -531,9 +545,50 @@ class MVDreamSystem(BaseSystem):
                 grads = ops.clip_by_global_norm(grads, clip)
             return opt(grads, loss)  # skipped when the loss or a gradient is not finite
 
-        guidance_fn = image_grad if self._eager_guidance() else compile_fn(image_grad)
-        self._steps[key] = {"image_grad": guidance_fn, "update": compile_fn(update)}
+        self._steps[key] = {
+            "rgb": compile_fn(rgb), "encode": guidance_compile(encode),
+            "latent_grad": guidance_compile(ms.value_and_grad(guidance.latent_loss, 0, None, has_aux=True)),
+            "encode_vjp": guidance_compile(ms.grad(encode_projection, 0)),
+            "maps_grad": compile_fn(ms.value_and_grad(scaled_maps_objective, 0, None, has_aux=True)),
+            "update": compile_fn(update)}
         return self._steps[key]
+
+    def _eager_guidance(self) -> bool:
+        if self.cfg.guidance_graph is None:
+            return ms.get_context("device_target") == "CPU"
+        return not self.cfg.guidance_graph
+
+    @contextlib.contextmanager
+    def _guidance_mode(self):
+        """PyNative while the guidance pass runs eagerly in a GRAPH-mode process (restored afterwards)."""
+        mode = ms.get_context("mode")
+        switch = self._eager_guidance() and mode != ms.PYNATIVE_MODE
+        if switch:
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            yield
+        finally:
+            if switch:
+                ms.set_context(mode=mode)
+
+    def _image_pass(self, inputs: dict, maps: np.ndarray, orient_total) -> tuple:
+        """d loss / d maps for the stacked maps (B,H,W,8): the guidance's gradient through the VAE one view at a
+        time, then through the compositing and the image regularisers -> (aux, d_maps (B,H,W,8), scaled)."""
+        fns = self._deferred_fns()
+        x = {k: ms.Tensor(inputs[k]) for k in ("bg_color", "bg_mask", "c2w", "text_embeddings", "t", "noise",
+                                                "vae_noise", "loss_weights")}
+        maps = ms.Tensor(maps)
+        rgb = fns["rgb"](maps, x["bg_color"], x["bg_mask"])
+        views = range(rgb.shape[0])
+        with self._guidance_mode():
+            latents = ops.concat([fns["encode"](rgb[i:i + 1], x["vae_noise"][i:i + 1]) for i in views], 0)
+            (loss_sds, grad_norm), d_latents = fns["latent_grad"](latents, x["c2w"], x["text_embeddings"], x["t"],
+                                                                   x["noise"])
+            d_rgb = ops.concat([fns["encode_vjp"](rgb[i:i + 1], x["vae_noise"][i:i + 1], d_latents[i:i + 1])
+                                for i in views], 0)
+        (_, aux), d_maps = fns["maps_grad"](maps, x["bg_color"], x["bg_mask"], d_rgb, loss_sds, grad_norm,
+                                            x["loss_weights"], ms.Tensor(orient_total))
+        return aux.asnumpy(), d_maps.asnumpy()
 
     def _bucket(self, index: int) -> tuple:
         """Compaction buffer sizes (fine, coarse) of bucket `index` for one ray chunk; (0, 0) when off."""
@@ -568,22 +623,6 @@ class MVDreamSystem(BaseSystem):
         maps = [r[0] for r in results]
         return maps, np.float32(sum(r[1] for r in results)), occupied, index
 
-    def _eager_guidance(self) -> bool:
-        if self.cfg.guidance_graph is None:
-            return ms.get_context("device_target") == "CPU"
-        return not self.cfg.guidance_graph
-
-    def _image_grad(self, fn, *args):
-        """fn(*args), in PyNative when the guidance pass runs eagerly (the mode is restored afterwards)."""
-        mode = ms.get_context("mode")
-        if not self._eager_guidance() or mode == ms.PYNATIVE_MODE:
-            return fn(*args)
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-        try:
-            return fn(*args)
-        finally:
-            ms.set_context(mode=mode)
-
     def _deferred_step(self, inputs: dict) -> np.ndarray:
         """Forward + backward + update in fixed chunks of render_chunk_rays rays -> (forward()'s aux, render
         metrics: fraction of samples occupied and fraction evaluated)."""
@@ -606,12 +645,8 @@ class MVDreamSystem(BaseSystem):
 
         maps, orient_total, occupied, index = self._render_chunks(inputs["shading"], chunks)
         maps = np.concatenate(maps, 0)[:n].reshape(b, h, w, -1)
-        (_, aux), d_maps = self._image_grad(
-            fns["image_grad"], ms.Tensor(maps), *[ms.Tensor(inputs[k]) for k in ("bg_color", "bg_mask", "c2w", "text_embeddings", "t",
-                                                               "noise", "vae_noise", "loss_weights")],
-            ms.Tensor(orient_total))
-        aux = aux.asnumpy()
-        d_maps = per_ray(d_maps.asnumpy(), fill=0.0)
+        aux, d_maps = self._image_pass(inputs, maps, orient_total)
+        d_maps = per_ray(d_maps, fill=0.0)
         orient_scale = ms.Tensor(np.float32(aux[-1] * float(self.cfg.loss_scale)))
         grads = ms.mutable(tuple(ops.zeros_like(p) for p in self.optimizer.parameters))  # an input, not a constant
         accumulate = self._chunk_fns(inputs["shading"], self._bucket(index))["accumulate"]
