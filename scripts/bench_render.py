@@ -153,15 +153,23 @@ def quality(args):
     """MindSpore, forward only, deterministic samples: error of each sampler vs a 512-sample uniform reference."""
     import mindspore as ms
     ms.set_device("CPU")
-    o, d, light = (ms.Tensor(x) for x in make_rays(2, args.quality_res))
+    rays = make_rays(2, args.quality_res)
+    o, d, light = (ms.Tensor(x) for x in rays)
     ref = build_ms(args, 512, 0, randomized=False).render_chunked(o, d, light)
     print(f"quality at {args.quality_res}x{args.quality_res} x 2 views, scene {'sharp' if args.sharp else 'init'}:"
           f" mean opacity {float(ref['opacity'].asnumpy().mean()):.3f}")
-    for samples, importance in ((64, 0), (32, 32), (128, 0), (64, 64)):
-        out = build_ms(args, samples, importance, randomized=False).render_chunked(o, d, light)
+    n_rays = int(np.prod(o.shape[:-1]))
+    flat = [ms.Tensor(x.reshape(n_rays, 3)) for x in rays[:2]] + [ms.Tensor(np.repeat(rays[2], n_rays // 2, 0))]
+    print("  (evaluated/ray: samples the field runs on per ray with empty-space skipping, the occupied ones)")
+    for samples, importance in ((64, 0), (32, 32), (128, 0), (64, 64), (256, 0), (128, 128), (512, 0)):
+        r = build_ms(args, samples, importance, randomized=False)
+        out = r.render_chunked(o, d, light)
+        occupied = r.render_ray_chunk(*flat)["occupied"].asnumpy()  # (fine, coarse) occupied sample counts
+        per_ray = (occupied[0] + occupied[1]) / n_rays
         errs = {k: float(np.abs(out[k].asnumpy() - ref[k].asnumpy()).mean()) for k in ("comp_rgb", "opacity", "depth")}
-        print(f"  {samples:4d} + {importance:3d} importance: mean abs err "
-              + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+        dense = samples + importance + (samples if importance else 0)  # fine pass + density-only coarse pass
+        print(f"  {samples:4d} + {importance:3d} importance: evaluated/ray dense {dense:4d},"
+              f" skipping {per_ray:6.1f}; mean abs err " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
 
 
 def main():

@@ -130,4 +130,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mindspore_impl.core.errors import run_cli
+    run_cli(main)

@@ -5,6 +5,7 @@ A tiny fake system (a few numpy arrays) drives the real Trainer save/restore; ea
 values, so a mix of two checkpoints (arrays of one, metadata of another) cannot pass unnoticed."""
 import contextlib
 import errno
+import subprocess
 import json
 import os
 import shutil
@@ -471,3 +472,32 @@ def test_cli_prints_checkpoint_errors_on_one_line(monkeypatch, capsys, exc):
         launch._cli()
     err = capsys.readouterr().err
     assert info.value.code == 2 and err == f"error: {exc}\n"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs, where this process may mount one (root on Linux); else the injected ENOSPC tests above
+    are the full-disk check."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()}); the injected-ENOSPC tests cover it")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_real_full_disk(small_disk, tmp_path):
+    """A checkpoint that does not fit a real 1 MB file system: one line, no temp file, the last one intact."""
+    trainer = _trainer(small_disk / "run")
+    _save(trainer, 5)
+    ckpts = os.path.join(small_disk, "run", "ckpts")
+    big = dict(_arrays(10), **{"model.big": np.ones((400, 1000), np.float32)})  # 1.6 MB
+    with pytest.raises(CheckpointWriteError) as err:
+        _save(trainer, 10, arrays=big)
+    msg = str(err.value)
+    print(msg)
+    assert "\n" not in msg and "no space left on device" in msg
+    assert _temps(ckpts) == [] and not [f for f in os.listdir(ckpts) if f.endswith(".tmp")]
+    assert sorted(os.listdir(ckpts)) == ["last.ckpt", "last.json", "step000005.ckpt", "step000005.json"]
+    _assert_is_step(_restore(ckpts, tmp_path)[0], 5)
