@@ -361,7 +361,7 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
 
     def step():
         metrics = system.run_step(inputs)
-        if "evaluated_fraction" in metrics and "evaluated_fraction" not in rec.rec:
+        if "evaluated_fraction" in metrics and rec.rec.get("evaluated_fraction") is None:
             rec.update(evaluated_fraction=float(metrics["evaluated_fraction"]),
                        evaluated_fraction_source="step metrics")
         return metrics["loss"]
