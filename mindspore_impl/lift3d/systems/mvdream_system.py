@@ -623,7 +623,7 @@ class MVDreamSystem(BaseSystem):
         maps = [r[0] for r in results]
         return maps, np.float32(sum(r[1] for r in results)), occupied, index
 
-    def _deferred_step(self, inputs: dict) -> np.ndarray:
+    def _deferred_step(self, inputs: dict) -> tuple[np.ndarray, dict]:
         """Forward + backward + update in fixed chunks of render_chunk_rays rays -> (forward()'s aux, render
         metrics: fraction of samples occupied and fraction evaluated)."""
         fns = self._deferred_fns()
