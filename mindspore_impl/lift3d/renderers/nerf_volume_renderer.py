@@ -105,25 +105,25 @@ class NeRFVolumeRenderer(nn.Cell):
         return t, starts, ends, count
 
     def _shade(self, positions, t_dirs, t_light, shading, ambient_color, diffuse_color):
-        """Occupancy-masked density (M,1), colour (M,3) and normal (M,3) or None at every sample."""
+        """Occupancy-masked density (M,1) and colour (M,3) at every sample, plus the normal (M,3) when normals
+        are on (no None in the tuple: GRAPH mode warns about None elements of returned tuples)."""
         if self.need_normal:
             density, features, normal = self.geometry.forward_with_normal(positions)
-        else:
-            density, features = self.geometry(positions)
-            normal = None
-        rgb = self.material(features, t_dirs, positions, t_light, normal, shading=shading, ambient_color=ambient_color,
+            rgb = self.material(features, t_dirs, positions, t_light, normal, shading=shading,
+                                ambient_color=ambient_color, diffuse_color=diffuse_color)
+            return density * self._occupancy(positions), rgb, normal
+        density, features = self.geometry(positions)
+        rgb = self.material(features, t_dirs, positions, t_light, None, shading=shading, ambient_color=ambient_color,
                             diffuse_color=diffuse_color)
-        return density * self._occupancy(positions), rgb, normal
+        return density * self._occupancy(positions), rgb
 
     def _shade_occupied(self, positions, t_dirs, t_light, shading, ambient_color, diffuse_color, bucket: int):
         """_shade on a buffer of `bucket` occupied samples, scattered back (empty samples: density 0, colour 0,
-        normal 0; they get no compositing weight either way) -> density, rgb, normal, occupied count."""
+        normal 0; they get no compositing weight either way) -> (occupied count, then _shade's outputs)."""
         slot, source, count = compact_slots(self._occupancy(positions).reshape(-1) > 0.5, bucket)
         pick = lambda x: ops.gather(x, source, 0)
-        density, rgb, normal = self._shade(pick(positions), pick(t_dirs), pick(t_light), shading, ambient_color,
-                                           diffuse_color)
-        normal = None if normal is None else scatter_back(normal, slot)
-        return scatter_back(density, slot), scatter_back(rgb, slot), normal, count
+        shaded = self._shade(pick(positions), pick(t_dirs), pick(t_light), shading, ambient_color, diffuse_color)
+        return (count,) + tuple(scatter_back(x, slot) for x in shaded)
 
     # ---------------------------------------------------------------- rendering
     def render_rays(self, rays_o, rays_d, light_positions, u_c, u_i, bg_rgb, shading="diffuse",
@@ -142,11 +142,14 @@ class NeRFVolumeRenderer(nn.Cell):
         t_dirs = ops.broadcast_to(ops.expand_dims(rays_d, 1), (n_rays, n_s, 3)).reshape(-1, 3)
         t_light = ops.broadcast_to(ops.expand_dims(light_positions, 1), (n_rays, n_s, 3)).reshape(-1, 3)
         if bucket[0]:
-            density, rgb, normal, count = self._shade_occupied(positions, t_dirs, t_light, shading, ambient_color,
-                                                               diffuse_color, bucket[0])
+            compacted = self._shade_occupied(positions, t_dirs, t_light, shading, ambient_color, diffuse_color,
+                                             bucket[0])
+            count, shaded = compacted[0], compacted[1:]
         else:
-            density, rgb, normal = self._shade(positions, t_dirs, t_light, shading, ambient_color, diffuse_color)
+            shaded = self._shade(positions, t_dirs, t_light, shading, ambient_color, diffuse_color)
             count = (self._occupancy(positions) > 0.5).astype(ms.int32).sum()
+        density, rgb = shaded[0], shaded[1]
+        normal = shaded[2] if self.need_normal else None
 
         weights = composite_weights(density.reshape(n_rays, n_s), ends - starts)
         opacity = weights.sum(axis=-1, keepdims=True)
