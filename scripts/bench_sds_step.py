@@ -197,12 +197,17 @@ def draw_inputs(args, data_cfg: dict, system_cfg: dict, jitter_samples: int) -> 
 # ============================================================================ the child process: measurements
 
 
-def current_rss_gb() -> float:
-    with open("/proc/self/status") as f:
+def proc_kb_field_gb(path: str, key: str, missing: float) -> float:
+    """A `Key:  N kB` line of a /proc file, in GiB (`missing` when absent)."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 2 ** 20
-    return float("nan")
+    return missing
+
+
+def current_rss_gb() -> float:
+    return proc_kb_field_gb("/proc/self/status", "VmRSS", float("nan"))
 
 
 def peak_rss_gb() -> float:
@@ -523,11 +528,7 @@ def tree_rss_gb(pid: int) -> float:
 
 
 def mem_available_gb() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2 ** 20
-    return float("inf")
+    return proc_kb_field_gb("/proc/meminfo", "MemAvailable", float("inf"))
 
 
 def run_child(framework: str, argv: list[str], args) -> dict:
