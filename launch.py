@@ -10,7 +10,7 @@ resume=PATH and do that one thing. Each run writes a new trial folder
 Config errors (missing file, bad override, unknown key, unknown module type, out-of-range or non-finite
 values, unavailable --device, unusable exp_root_dir, missing checkpoint, bad resume=PATH) are reported
 before any model is built or any folder is written; a resume checkpoint that does not fit the model is
-found before the trial folder is created. Every such error is a UserError (mindspore_impl/core/errors.py):
+found before the trial folder is created. Every such error is a UserError (neutral/errors.py):
 one line `error: <what>; <what to do>` on stderr and exit code 2.
 Ctrl-C or SIGTERM during --train finishes the current step, writes a checkpoint, prints the command that
 resumes the run and exits 130.
@@ -27,7 +27,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from mindspore_impl.core.errors import UserError, run_cli
+from neutral.errors import UserError, run_cli
 
 DEVICES = ("CPU", "Ascend", "GPU")
 MODES = ("pynative", "graph")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(path: str, overrides: list[str]) -> DictConfig:
     """YAML + key=value overrides, checked against ExperimentConfig (unknown top-level keys fail)."""
-    from mindspore_impl.core.config import ConfigError
+    from neutral.config import ConfigError
 
     if not os.path.isfile(path):
         raise LaunchError(f"config file not found: {path}")
@@ -153,8 +153,8 @@ def import_modules() -> None:
 
 def check_config(cfg: DictConfig, mode: str):
     """Everything that can be checked without building models; returns (system_cls, data_cls)."""
-    from mindspore_impl.core import registry
-    from mindspore_impl.core.config import parse_structured
+    from neutral import registry
+    from neutral.config import parse_structured
     from mindspore_impl.core.train_state import resolve_resume
     from mindspore_impl.core.trainer import CheckpointConfig, TrainerConfig
     from mindspore_impl.core.trial import check_output_root

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--src", required=True, help="HF text_encoder weights (.safetensors or .bin/.pt)")
     ap.add_argument("--dst", required=True, help="output .ckpt or .safetensors (MindSpore names)")
     ap.add_argument("--heads", type=int, default=None, help="attention heads (default width // 64)")
-    from mindspore_impl.core.errors import report
+    from neutral.errors import report
     return report(_convert, ap.parse_args(argv))
 
 

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 
 from mindspore_impl.core.checkpoint import CheckpointError
-from mindspore_impl.core.errors import MissingFileError
+from neutral.errors import MissingFileError
 
 DOWNLOAD_HINT = ("The original MVDream weights (sd-v2.1-base-4view.pt) are published at "
                  "https://huggingface.co/MVDream/MVDream; download the file there and pass its local path.")

@@ -13,13 +13,6 @@ import importlib
 import re
 from dataclasses import dataclass
 
-from omegaconf import OmegaConf
-
-import os
-
-from mindspore_impl.core.config import ConfigError, to_container
-from mindspore_impl.core.errors import MissingFileError
-
 
 @dataclass(frozen=True)
 class Submodel:
@@ -93,20 +86,6 @@ def ms_name(sub: Submodel, torch_name: str) -> str:
         if m:
             return m.expand(repl)
     return torch_name
-
-
-def load_model_config(path: str) -> dict:
-    """`model.params` of an original LDM/MVDream YAML (e.g. configs/sd-v2-base.yaml)."""
-    if not os.path.isfile(path):
-        raise MissingFileError(f"model config not found: {path} (the original model YAML, e.g. configs/sd-v2-base.yaml)")
-    try:
-        cfg = to_container(OmegaConf.load(path))
-    except Exception as exc:  # YAML scanner / parser errors
-        raise ConfigError(f"cannot parse model config {path}: {str(exc).splitlines()[0]}") from None
-    try:
-        return cfg["model"]["params"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"{path} is not an original model config: it needs model.params") from None
 
 
 def build_torch(sub: Submodel, model_params: dict, device: str = "cpu"):

@@ -12,10 +12,11 @@ import sys
 import numpy as np
 
 from convert.io import write_torch_checkpoint
-from convert.keymaps import SUBMODELS, expected_torch_shapes, load_model_config, name_map
+from convert.keymaps import SUBMODELS, expected_torch_shapes, name_map
+from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import DEFAULT_CONFIG
 from mindspore_impl.core.checkpoint import CheckpointError, _listing, check_state_dict, read_params
-from mindspore_impl.core.errors import report
+from neutral.errors import report
 
 
 def revert_state_dict(state: dict[str, np.ndarray], model_params: dict, log=print) -> dict[str, np.ndarray]:

@@ -17,10 +17,10 @@ import sys
 import numpy as np
 
 from convert.io import read_torch_checkpoint
-from convert.keymaps import (SCHEDULE_BUFFERS, SUBMODELS, expected_torch_shapes, load_model_config,
-                             name_map)
+from convert.keymaps import SCHEDULE_BUFFERS, SUBMODELS, expected_torch_shapes, name_map
+from neutral.mvdream.model_config import load_model_config
 from mindspore_impl.core.checkpoint import CheckpointError, _listing, check_state_dict, save_params
-from mindspore_impl.core.errors import report
+from neutral.errors import report
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "sd-v2-base.yaml")

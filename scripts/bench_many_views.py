@@ -42,7 +42,7 @@ class ZeroTokenizer:
 
 
 def worker(args) -> dict:
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     from mindspore_impl.core.device import setup
     from mindspore_impl.mvdream.pipeline import MVDreamPipeline
     setup(args.device, "pynative", seed=0)

@@ -156,7 +156,7 @@ def field_value(name: str, shape: tuple, seed: int) -> np.ndarray:
 
 
 def model_params(system_cfg: dict) -> dict:
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     return load_model_config(system_cfg["guidance"]["config_path"])
 
 
@@ -168,10 +168,10 @@ def latent_shape(params: dict, image_size: int) -> tuple[int, int, int]:
 
 def draw_inputs(args, data_cfg: dict, system_cfg: dict, jitter_samples: int) -> dict:
     """Every input of one step as numpy arrays (the keys of MVDreamSystem.STEP_INPUTS + shading)."""
-    from mindspore_impl.core.schedule import C
-    from mindspore_impl.lift3d.data.multiview_cameras import RandomMultiviewCameraDataModule
-    from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import Config, GuidanceSchedule, sample_inputs
-    from mindspore_impl.core.config import parse_structured
+    from neutral.schedule import C
+    from neutral.lift3d.multiview_cameras import RandomMultiviewCameraDataModule
+    from neutral.lift3d.multiview_diffusion_guidance import Config, GuidanceSchedule, sample_inputs
+    from neutral.config import parse_structured
     batch = RandomMultiviewCameraDataModule(data_cfg, seed=args.seed).sample(args.global_step)
     b, h, w, _ = batch["rays_o"].shape
     rng = np.random.default_rng(args.seed + 1)
@@ -296,7 +296,7 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
         def _build_guidance(self, cls, g_cfg):
             from mindspore_impl.mvdream import first_stage, unet
             from mindspore_impl.mvdream.schedule import NoiseSchedule
-            from convert.keymaps import load_model_config
+            from neutral.mvdream.model_config import load_model_config
             params = load_model_config(g_cfg.config_path)
             u_params = dict(params["unet_config"]["params"])
             if g_cfg.half_precision_weights:
@@ -387,8 +387,8 @@ def torch_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
     import torch
 
     from convert.keymaps import UNET, VAE, ms_name
-    from mindspore_impl.core.config import parse_structured
-    from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import Config
+    from neutral.config import parse_structured
+    from neutral.lift3d.multiview_diffusion_guidance import Config
     from torch_ref.lift3d.background.neural_environment_map import NeuralEnvironmentMapBackground
     from torch_ref.lift3d.geometry.implicit_volume import ImplicitVolume
     from torch_ref.lift3d.guidance.multiview_diffusion_guidance import MultiviewDiffusionGuidance

@@ -57,7 +57,7 @@ def word_merges(words) -> list[tuple[str, str]]:
 
 
 def write_tokenizer(folder: str = DEFAULT_OUT, words=WORDS) -> str:
-    from mindspore_impl.mvdream.tokenizer import EOT, SOT, bytes_to_unicode
+    from neutral.mvdream.tokenizer import EOT, SOT, bytes_to_unicode
     words = [w.lower() for w in words]
     merges = word_merges(words)
     tokens = list(bytes_to_unicode().values())
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     folder = write_tokenizer(args.out)
-    from mindspore_impl.mvdream.tokenizer import load_tokenizer
+    from neutral.mvdream.tokenizer import load_tokenizer
     tok = load_tokenizer(folder)
     split = [w for w in WORDS if len(tok.encode(w)) != 1]
     print(f"wrote {folder}: vocabulary of {vocab_size(folder)} tokens; words not single tokens: {split or 'none'}")
@@ -92,5 +92,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mindspore_impl.core.errors import run_cli
+    from neutral.errors import run_cli
     run_cli(main)

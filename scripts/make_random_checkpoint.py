@@ -130,5 +130,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mindspore_impl.core.errors import run_cli
+    from neutral.errors import run_cli
     run_cli(main)

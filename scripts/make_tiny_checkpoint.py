@@ -61,7 +61,7 @@ def build_torch_models(seed: int = 0, config_path: str = TINY_CONFIG) -> dict:
 
     import torch
 
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     params = load_model_config(config_path)
     models = {}
     for i, (name, _, key) in enumerate(PARTS):
@@ -87,7 +87,7 @@ def original_state_dict(models: dict) -> dict:
 
 def write_tokenizer(folder: str) -> str:
     """vocab.json + merges.txt in the HF CLIP layout: 512 byte tokens, TINY_MERGES, then the specials."""
-    from mindspore_impl.mvdream.tokenizer import EOT, SOT, bytes_to_unicode
+    from neutral.mvdream.tokenizer import EOT, SOT, bytes_to_unicode
     os.makedirs(folder, exist_ok=True)
     tokens = list(bytes_to_unicode().values())
     tokens += [t + "</w>" for t in tokens] + ["".join(m) for m in TINY_MERGES] + [SOT, EOT]
@@ -132,5 +132,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mindspore_impl.core.errors import run_cli
+    from neutral.errors import run_cli
     run_cli(main)

@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from mindspore_impl.core.errors import UserError, run_cli  # noqa: E402
+from neutral.errors import UserError, run_cli  # noqa: E402
 from mindspore_impl.mvdream.data import primitives as P  # noqa: E402
 
 DEFAULT_PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus")
@@ -156,7 +156,7 @@ def check_checkpoint(path: Optional[str]) -> str:
     """The demo checkpoint must exist; otherwise the guidance's message (how to train it)."""
     if path and os.path.isfile(path):
         return path
-    from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import missing_checkpoint_message
+    from neutral.lift3d.multiview_diffusion_guidance import missing_checkpoint_message
     raise QualityCheckError(missing_checkpoint_message(path, MODEL_NAME))
 
 

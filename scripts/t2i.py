@@ -115,7 +115,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     """The exit code: 0, or 2 after one line `error: ...` on stderr for bad input (argparse errors exit 2 too)."""
-    from mindspore_impl.core.errors import report
+    from neutral.errors import report
     return report(run, parse_args(argv))
 
 

@@ -32,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from mindspore_impl.core.config import ConfigError, parse_structured  # noqa: E402
-from mindspore_impl.core.errors import MissingFileError, report  # noqa: E402
+from neutral.config import ConfigError, parse_structured  # noqa: E402
+from neutral.errors import MissingFileError, report  # noqa: E402
 
 DATASET_HINT = ("make one with: python scripts/make_primitives_dataset.py --out data/primitives_32.npz "
                 "(see its --help), or point dataset= at your multiview .npz")
@@ -84,7 +84,7 @@ def load_config(path: Optional[str], overrides: List[str]) -> TrainConfig:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    from mindspore_impl.mvdream.training_spec import TIMESTEP_SHARING
+    from neutral.mvdream.training import TIMESTEP_SHARING
     if cfg.timestep_sharing not in TIMESTEP_SHARING:
         raise ConfigError(f"timestep_sharing must be one of {TIMESTEP_SHARING}, got {cfg.timestep_sharing!r}")
     if cfg.batch_size < 1 or cfg.num_frames < 1 or cfg.max_steps < 0:
@@ -159,12 +159,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Optional[dict] = None, log=print):
         import mindspore as ms
 
-        from convert.keymaps import load_model_config
+        from neutral.mvdream.model_config import load_model_config
         from mindspore_impl.core.checkpoint import read_params
         from mindspore_impl.core.optim import build_optimizer
         from mindspore_impl.mvdream import first_stage, text_encoder, unet
         from mindspore_impl.mvdream.schedule import NoiseSchedule
-        from mindspore_impl.mvdream.tokenizer import load_tokenizer
+        from neutral.mvdream.tokenizer import load_tokenizer
         from mindspore_impl.mvdream.training import EMA, MultiviewDiffusionLoss, load_named, make_train_step, \
             model_parameters
 

@@ -9,7 +9,7 @@ import torch
 from mindspore import nn, ops
 
 from mindspore_impl.core.checkpoint import load_state_dict
-from mindspore_impl.core.registry import find
+from neutral.registry import find
 from mindspore_impl.lift3d import ops as ms_ops
 from mindspore_impl.lift3d.background import NeuralEnvironmentMapBackground as MsEnvMap
 from mindspore_impl.lift3d.background import SolidColorBackground as MsSolid

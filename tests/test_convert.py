@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convert.io import read_torch_checkpoint, write_torch_checkpoint
-from convert.keymaps import load_model_config
+from neutral.mvdream.model_config import load_model_config
 from convert.ms2pt import main as ms2pt_main
 from convert.pt2ms import main as pt2ms_main
 from mindspore_impl.core.checkpoint import load_state_dict, read_params, save_params

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from convert.io import write_torch_checkpoint
-from convert.keymaps import SUBMODELS, load_model_config
+from convert.keymaps import SUBMODELS
+from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import main as pt2ms_main
 from mindspore_impl.core.checkpoint import load_state_dict, read_params
 from mindspore_impl.mvdream import text_encoder as ms_te

@@ -9,7 +9,7 @@ import trimesh
 
 from mindspore_impl.lift3d.export.mesh import (MeshExportConfig, bake_texture, export_mesh, marching_cubes,
                                                sample_density_grid)
-from mindspore_impl.lift3d.export.video import save_image, save_video, strip
+from mindspore_impl.core.media import save_image, save_video, strip
 
 SIGMA = 0.5
 R_EXPECTED = SIGMA * math.sqrt(math.log(2.0))  # 50 exp(-(r/sigma)^2) = 25

@@ -7,8 +7,8 @@ import mindspore as ms
 from mindspore import nn
 
 from mindspore_impl.core.checkpoint import load_state_dict, state_dict
-from mindspore_impl.core.config import ConfigError
-from mindspore_impl.core.registry import find
+from neutral.config import ConfigError
+from neutral.registry import find
 from mindspore_impl.lift3d.geometry import ImplicitVolume
 from tests.parity import assert_parity
 from torch_ref.lift3d.geometry import ImplicitVolume as TorchImplicitVolume

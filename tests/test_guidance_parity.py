@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from convert.keymaps import load_model_config
+from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import convert_state_dict
 from mindspore_impl.core.checkpoint import load_state_dict
-from mindspore_impl.core.registry import find
+from neutral.registry import find
 from mindspore_impl.lift3d.guidance import multiview_diffusion_guidance as msg
 from mindspore_impl.mvdream import schedule as ms_schedule
 from mindspore_impl.mvdream import unet as ms_unet

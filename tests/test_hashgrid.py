@@ -8,7 +8,7 @@ import torch
 import mindspore as ms
 
 from mindspore_impl.lift3d.geometry.hashgrid import HashGrid
-from mindspore_impl.lift3d.spec.hashgrid import level_layouts, parse_hashgrid_config
+from neutral.lift3d.hashgrid import level_layouts, parse_hashgrid_config
 from tests.parity import assert_parity
 from torch_ref.lift3d.geometry.hashgrid import HashGrid as TorchHashGrid
 

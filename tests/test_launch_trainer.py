@@ -15,8 +15,8 @@ from mindspore import nn
 from omegaconf import OmegaConf
 
 import launch
-from mindspore_impl.core.config import ConfigError, parse_structured
-from mindspore_impl.core.registry import register
+from neutral.config import ConfigError, parse_structured
+from neutral.registry import register
 from mindspore_impl.core.train_state import load_training_state
 from mindspore_impl.lift3d.export.mesh import MeshExportConfig, export_mesh
 from mindspore_impl.lift3d.systems.base import BaseSystem, BaseSystemConfig

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from mindspore_impl.core.config import ConfigError
-from mindspore_impl.core.registry import find
-from mindspore_impl.lift3d.data.multiview_cameras import RandomMultiviewCameraDataModule, sample_elevation_deg
+from neutral.config import ConfigError
+from neutral.registry import find
+from neutral.lift3d.multiview_cameras import RandomMultiviewCameraDataModule, sample_elevation_deg
 
 SMALL = {"height": [8, 16], "width": [8, 16], "eval_height": 9, "eval_width": 9}
 

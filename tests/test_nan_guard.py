@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import launch
-from mindspore_impl.core.errors import report
+from neutral.errors import report
 from mindspore_impl.core.optim import build_optimizer
-from mindspore_impl.core.registry import register
+from neutral.registry import register
 from mindspore_impl.core.train_state import load_training_state
 from test_launch_trainer import CONFIG, TinySystem  # the module pytest imported (its types are registered once)
 

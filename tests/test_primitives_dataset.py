@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from mindspore_impl.lift3d.data.multiview_cameras import RandomMultiviewCameraDataModule
+from neutral.lift3d.multiview_cameras import RandomMultiviewCameraDataModule
 from mindspore_impl.mvdream.cameras import get_camera, normalize_camera
 from mindspore_impl.mvdream.data import primitives as P
 from scripts import make_primitives_dataset as cli

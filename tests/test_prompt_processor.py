@@ -8,10 +8,11 @@ import pytest
 
 from convert.pt2ms import convert_state_dict
 from mindspore_impl.core.checkpoint import load_state_dict
-from mindspore_impl.core.registry import find
+from neutral.registry import find
 from mindspore_impl.lift3d.prompt_processors import prompt_processor as pp
+from neutral.lift3d import prompt_processor as npp
 from mindspore_impl.mvdream import text_encoder as ms_text
-from mindspore_impl.mvdream.tokenizer import load_tokenizer
+from neutral.mvdream.tokenizer import load_tokenizer
 from tests.parity import assert_parity
 from tests.test_tokenizer import MERGES, open_clip_vocab
 from tests.tiny_mvdream_models import PREFIXES, TINY_CONFIG, tiny_params, torch_state, write_tiny_checkpoint
@@ -38,7 +39,7 @@ def encoders(tokenizer_dir):
     m = ms_text.build_from_config(dict(mp["cond_stage_config"]["params"]))
     load_state_dict(m, converted, prefix=PREFIXES["text_encoder"])
     tok = load_tokenizer(tokenizer_dir)
-    ident = pp.weights_fingerprint((p.name, p.asnumpy()) for p in m.get_parameters())
+    ident = npp.weights_fingerprint((p.name, p.asnumpy()) for p in m.get_parameters())
     return pp.make_encode_fn(tok, m), tpp.make_encode_fn(tok, modules["text_encoder"]), ident
 
 
@@ -80,7 +81,7 @@ def test_output_layout_and_default_negative_prompt(encoders, tmp_path):
     out = proc()
     emb = out.get_text_embeddings(np.zeros(8), np.zeros(8), np.ones(8))
     assert emb.shape == (16, 77, 32) and emb.dtype == np.float32
-    direct = ms_fn([PROMPT, pp.DEFAULT_NEGATIVE_PROMPT])
+    direct = ms_fn([PROMPT, npp.DEFAULT_NEGATIVE_PROMPT])
     assert_parity(emb[:8], np.repeat(direct[:1], 8, 0), "cond half", rel=1e-6)
     assert_parity(emb[8:], np.repeat(direct[1:], 8, 0), "uncond half", rel=1e-6)
 
@@ -97,9 +98,9 @@ def test_torch_ref_embeddings_match(encoders, tmp_path):
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])
 def test_empty_prompt_is_an_error(prompt, tmp_path):
-    with pytest.raises(pp.PromptError, match="prompt is empty"):
+    with pytest.raises(npp.PromptError, match="prompt is empty"):
         pp.PromptProcessor({"prompt": prompt, "cache_dir": str(tmp_path)}, lambda t: None, "x")
-    with pytest.raises(pp.PromptError, match="prompt is empty"):
+    with pytest.raises(npp.PromptError, match="prompt is empty"):
         pp.PromptProcessor({"cache_dir": str(tmp_path)}, lambda t: None, "x")
 
 
@@ -111,7 +112,7 @@ def test_view_dependent_prompting(encoders, tmp_path):
     assert counting.texts == 6  # prompt, 4 directional prompts, one negative prompt
     ele = np.array([0.0, 0.0, 0.0, 70.0])
     azi = np.array([10.0, 90.0, 180.0, 0.0])  # front, side, back, overhead (elevation wins)
-    assert pp.direction_index(ele, azi, out.cfg).tolist() == [1, 0, 2, 3]
+    assert npp.direction_index(ele, azi, out.cfg).tolist() == [1, 0, 2, 3]
     emb = out.get_text_embeddings(ele, azi, None, view_dependent_prompting=True)
     expected = ms_fn([PROMPT + ", front view", PROMPT + ", side view", PROMPT + ", back view",
                       PROMPT + ", overhead view"])
@@ -147,7 +148,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_missing_tokenizer_is_reported_before_any_work(tmp_path):
     ckpt = str(tmp_path / "tiny.ckpt")
     open(ckpt, "wb").close()  # exists: the tokenizer check comes first, nothing is loaded
-    with pytest.raises(pp.PromptError, match="tokenizer files not found") as exc:
+    with pytest.raises(npp.PromptError, match="tokenizer files not found") as exc:
         pp.PromptProcessor({"prompt": PROMPT, "ckpt_path": ckpt, "config_path": TINY_CONFIG,
                             "tokenizer_path": str(tmp_path / "nowhere"), "cache_dir": str(tmp_path / "c")})
     assert "stable-diffusion-2-1-base" in str(exc.value)

@@ -8,7 +8,7 @@ from mindspore_impl.lift3d.background.neural_environment_map import NeuralEnviro
 from mindspore_impl.lift3d.geometry.implicit_volume import ImplicitVolume
 from mindspore_impl.lift3d.materials.no_material import NoMaterial
 from mindspore_impl.lift3d.renderers import NeRFVolumeRenderer
-from mindspore_impl.lift3d.spec.nerf_volume_renderer import make_jitter
+from neutral.lift3d.nerf_volume_renderer import make_jitter
 
 GEOMETRY = {"radius": 1.0, "normal_type": "analytic",
             "pos_encoding_config": {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2,

@@ -185,8 +185,8 @@ def test_chunked_render_equals_unchunked():
 
 def test_bad_config_fails_loudly():
     import pytest
-    from mindspore_impl.core.config import ConfigError
-    from mindspore_impl.core.registry import find
+    from neutral.config import ConfigError
+    from neutral.registry import find
     assert find("nerf-volume-renderer") is MsRenderer
     geo, bg = MsVolume(GEOMETRY), MsEnv()
     with pytest.raises(ConfigError, match="num_sample_per_ray"):

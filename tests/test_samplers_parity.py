@@ -176,7 +176,7 @@ def test_q_sample_graph_mode_equals_pynative():
 @pytest.mark.parametrize("beta_schedule,end", [("linear", 0.0683), ("sqrt_linear", 0.00635)])
 def test_beta_schedules_match_torch_and_pinned_ends(beta_schedule, end):
     """LDM's "linear" (scaled, SD) and "sqrt_linear" (DDPM's true linear, the demo model's) schedules."""
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     from torch_ref.mvdream.schedule import schedule_from_config as t_from_config
     from mindspore_impl.mvdream.schedule import schedule_from_config
     params = {"sqrt_linear": load_model_config("configs/demo-model.yaml"),

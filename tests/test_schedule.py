@@ -2,7 +2,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from mindspore_impl.core.schedule import C, check_schedules
+from neutral.schedule import C, check_schedules
 
 
 def test_timestep_annealing_values():

@@ -7,7 +7,7 @@ import torch
 from mindspore_impl.mvdream import samplers as mss
 from mindspore_impl.mvdream.cameras import get_camera
 from mindspore_impl.mvdream.sliding_window import sliding_window_eps_fn
-from mindspore_impl.mvdream.sliding_window_spec import plan_windows, window_indices
+from neutral.mvdream.sliding_window import plan_windows, window_indices
 from tests.parity import assert_parity
 from tests.tiny_mvdream_models import tiny_unet_pair
 from torch_ref.mvdream import sliding_window as tsw

@@ -9,7 +9,7 @@ import pytest
 
 import launch
 from mindspore_impl.core.checkpoint import CheckpointError
-from mindspore_impl.core.config import ConfigError
+from neutral.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN = os.path.join(ROOT, "configs", "mvdream-sd21.yaml")

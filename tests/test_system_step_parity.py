@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 import launch
 from convert.io import read_torch_checkpoint
-from convert.keymaps import load_model_config
+from neutral.mvdream.model_config import load_model_config
 from scripts.make_tiny_checkpoint import PARTS, make_tiny_checkpoint
 from tests.parity import assert_parity
 from torch_ref.lift3d.systems import mvdream_system as twin
@@ -47,7 +47,7 @@ def tiny(tmp_path_factory):
 
 def build_ms_system(cfg):
     launch.import_modules()
-    from mindspore_impl.core import registry
+    from neutral import registry
     dm = registry.find(cfg.data_type)(OmegaConf.to_container(cfg.data, resolve=True), seed=0)
     system = registry.find(cfg.system_type)(OmegaConf.to_container(cfg.system, resolve=True), seed=0)
     return dm, system

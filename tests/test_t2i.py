@@ -24,7 +24,7 @@ MERGES = [("a", "s"), ("as", "t"), ("r", "o"), ("ro", "n"), ("c", "a"), ("ca", "
 
 
 def write_tiny_tokenizer(folder) -> str:
-    from mindspore_impl.mvdream.tokenizer import EOT, SOT, bytes_to_unicode
+    from neutral.mvdream.tokenizer import EOT, SOT, bytes_to_unicode
     tokens = list(bytes_to_unicode().values())
     tokens += [t + "</w>" for t in tokens] + ["".join(m) for m in MERGES] + [SOT, EOT]
     os.makedirs(folder, exist_ok=True)
@@ -47,7 +47,7 @@ def assets(tmp_path_factory):
 def test_end_to_end_parity_with_torch_pipeline(assets, num_frames, sampler, eta):
     """Prompt -> images through tokenizer, text encoder, UNet (joint or sliding window), sampler
     and VAE decoder: the MindSpore pipeline on the converted checkpoint equals the torch_ref one."""
-    from mindspore_impl.mvdream.tokenizer import load_tokenizer
+    from neutral.mvdream.tokenizer import load_tokenizer
     from tests.parity import assert_parity
     from tests.tiny_mvdream_models import tiny_params, torch_state
     from torch_ref.mvdream.pipeline import MVDreamPipeline as TorchPipeline

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from convert.hf_clip import convert_hf_text_encoder, hf_to_openclip
-from convert.keymaps import TEXT_ENCODER, expected_torch_shapes, load_model_config, name_map
+from convert.keymaps import TEXT_ENCODER, expected_torch_shapes, name_map
+from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import convert_state_dict
 from mindspore_impl.core.checkpoint import CheckpointError, load_state_dict
-from mindspore_impl.core.config import ConfigError
+from neutral.config import ConfigError
 from mindspore_impl.mvdream import text_encoder as ms_te
 from tests.parity import assert_parity
 from torch_ref.mvdream import text_encoder as pt_te

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mindspore_impl.mvdream.tokenizer import EOT, SOT, load_tokenizer
+from neutral.mvdream.tokenizer import EOT, SOT, load_tokenizer
 
 # A few CLIP-style merges; the rest of every word falls back to single byte tokens.
 MERGES = [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o</w>"), ("c", "a"), ("ca", "t</w>")]
@@ -23,7 +23,7 @@ SOT_ID, EOT_ID = 512 + len(MERGES), 512 + len(MERGES) + 1
 
 
 def open_clip_vocab() -> dict:
-    from mindspore_impl.mvdream.tokenizer import bytes_to_unicode
+    from neutral.mvdream.tokenizer import bytes_to_unicode
     tokens = list(bytes_to_unicode().values())
     tokens += [t + "</w>" for t in tokens] + ["".join(m) for m in MERGES] + [SOT, EOT]
     return {t: i for i, t in enumerate(tokens)}

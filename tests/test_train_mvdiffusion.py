@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mindspore_impl.core.config import ConfigError
+from neutral.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONS = ["a red cube", "a blue sphere", "a green cone", "an orange torus"]

@@ -25,11 +25,11 @@ def test_loss_parity_with_torch(files, config):
     """Same weights (through the converter), same batch, t, dropout and noise: loss and gradients agree."""
     import mindspore as ms
 
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     from convert.pt2ms import convert_state_dict
     from mindspore_impl.mvdream import first_stage as ms_fs, text_encoder as ms_te, unet as ms_unet
     from mindspore_impl.mvdream.schedule import NoiseSchedule
-    from mindspore_impl.mvdream.tokenizer import load_tokenizer
+    from neutral.mvdream.tokenizer import load_tokenizer
     from mindspore_impl.mvdream.training import (MultiviewDiffusionLoss, images_to_model, load_named,
                                                  model_parameters, sample_step_noise, step_inputs)
     from torch_ref.mvdream import schedule as t_schedule, training as t_training
@@ -85,12 +85,12 @@ def test_train_step_parity_with_torch(files):
     """Two full steps (loss, backward, global-norm clip, AdamW) in both frameworks from the same weights
     and batch: the second loss and the updated weights agree (MindSpore step uncompiled here)."""
 
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     from convert.pt2ms import convert_state_dict
     from mindspore_impl.core.optim import build_optimizer
     from mindspore_impl.mvdream import first_stage as ms_fs, text_encoder as ms_te, unet as ms_unet
     from mindspore_impl.mvdream.schedule import NoiseSchedule
-    from mindspore_impl.mvdream.tokenizer import load_tokenizer
+    from neutral.mvdream.tokenizer import load_tokenizer
     from mindspore_impl.mvdream.training import (MultiviewDiffusionLoss, images_to_model, load_named,
                                                  make_train_step, model_parameters, sample_step_noise,
                                                  step_inputs)

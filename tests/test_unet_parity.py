@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from convert.io import read_torch_checkpoint, write_torch_checkpoint
-from convert.keymaps import UNET, expected_torch_shapes, load_model_config, name_map
+from convert.keymaps import UNET, expected_torch_shapes, name_map
+from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import convert_state_dict
 from mindspore_impl.core.checkpoint import load_state_dict
 from tests.parity import assert_parity

@@ -19,9 +19,9 @@ import pytest
 from mindspore import nn
 
 import launch
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.errors import UserError
-from mindspore_impl.core.registry import register
+from neutral.config import parse_structured
+from neutral.errors import UserError
+from neutral.registry import register
 from mindspore_impl.core.trial import Trial, trial_name
 from mindspore_impl.lift3d.systems.base import BaseSystem, BaseSystemConfig
 from scripts import t2i
@@ -336,7 +336,7 @@ def test_missing_checkpoint_hints_per_model(capsys, tmp_path, tiny):
                                  f"system.guidance.ckpt_path={tmp_path / 'model.ckpt'}"],
                         "the demo-mvdream checkpoint", "ships with the repository", "git checkout", out=out)
     assert "5 GB" not in line
-    from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import missing_checkpoint_message
+    from neutral.lift3d.multiview_diffusion_guidance import missing_checkpoint_message
     real = missing_checkpoint_message("pretrained/sd.ckpt", "sd-v2.1-base-4view")
     assert "\n" not in real and "https://huggingface.co/MVDream/MVDream" in real and "convert.pt2ms" in real
 
@@ -379,7 +379,7 @@ def test_t2i_bad_input(capsys, tmp_path, args, needles):
 
 
 def test_t2i_size_multiple_of_the_real_model():
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     from mindspore_impl.mvdream.pipeline import image_multiple
     assert image_multiple(load_model_config(os.path.join(ROOT, "configs", "sd-v2-base.yaml"))) == 64
     assert image_multiple(load_model_config(TINY_MODEL)) == 4
@@ -400,13 +400,12 @@ def test_converter_bad_input(capsys, tmp_path, which, tiny):
 
 
 def test_every_user_error_class_is_a_user_error():
-    from convert.keymaps import load_model_config  # noqa: F401 (imports convert's errors)
     from mindspore_impl.core.checkpoint import CheckpointError
-    from mindspore_impl.core.config import ConfigError
+    from neutral.config import ConfigError
     from mindspore_impl.core.device import DeviceError
-    from mindspore_impl.core.schedule import ScheduleError
-    from mindspore_impl.lift3d.prompt_processors.prompt_processor import PromptError
-    from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import GuidanceError
+    from neutral.schedule import ScheduleError
+    from neutral.lift3d.prompt_processor import PromptError
+    from neutral.lift3d.multiview_diffusion_guidance import GuidanceError
     from mindspore_impl.mvdream.data.primitives import DatasetError
     from mindspore_impl.mvdream.pipeline import SamplingError
     for cls in (CheckpointError, ConfigError, DeviceError, ScheduleError, PromptError, GuidanceError, DatasetError,
@@ -452,7 +451,8 @@ def _processor_cfg(tiny, tok, cache, prompt="a red cube", **kw):
 
 
 def test_cache_key_includes_the_tokenizer(tmp_path, tiny):
-    from mindspore_impl.lift3d.prompt_processors.prompt_processor import PromptError, PromptProcessor
+    from neutral.lift3d.prompt_processor import PromptError
+    from mindspore_impl.lift3d.prompt_processors.prompt_processor import PromptProcessor
     tok = tmp_path / "tok"
     shutil.copytree(tiny["tokenizer"], tok)
     cache = tmp_path / "cache"
@@ -478,7 +478,7 @@ def test_cache_key_includes_the_tokenizer(tmp_path, tiny):
 
 def test_long_prompt_warns_once_naming_the_cut_words(capsys, tmp_path, tiny):
     from mindspore_impl.lift3d.prompt_processors.prompt_processor import PromptProcessor
-    from mindspore_impl.mvdream.tokenizer import load_tokenizer
+    from neutral.mvdream.tokenizer import load_tokenizer
     prompt = "a red cube " + "on a table " * 25 + "with zebra stripes"  # tiny vocabulary: many tokens per word
     cfg = _processor_cfg(tiny, tiny["tokenizer"], tmp_path / "cache", prompt=prompt, view_dependent_prompting=True)
     capsys.readouterr()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from convert.keymaps import VAE, expected_torch_shapes, load_model_config, name_map
+from convert.keymaps import VAE, expected_torch_shapes, name_map
+from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import convert_state_dict
 from mindspore_impl.core.checkpoint import load_state_dict
 from mindspore_impl.mvdream import vae as ms_vae

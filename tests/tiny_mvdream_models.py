@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from convert.keymaps import load_model_config
+from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import convert_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

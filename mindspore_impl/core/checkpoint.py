@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 import mindspore as ms
 import numpy as np
 
-from mindspore_impl.core.errors import MissingFileError, UserError
+from neutral.errors import MissingFileError, UserError
 
 
 class CheckpointError(UserError, ValueError):

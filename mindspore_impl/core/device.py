@@ -3,7 +3,7 @@ import logging
 
 import mindspore as ms
 
-from mindspore_impl.core.errors import UserError
+from neutral.errors import UserError
 
 _MODES = {"pynative": ms.PYNATIVE_MODE, "graph": ms.GRAPH_MODE}
 _DEVICES = ("CPU", "Ascend", "GPU")

@@ -24,7 +24,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from mindspore_impl.core.config import ConfigError
+from neutral.config import ConfigError
 
 _DEFAULTS = {
     "AdamW": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},

@@ -41,8 +41,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.errors import Interrupted, UserError
+from neutral.config import parse_structured
+from neutral.errors import Interrupted, UserError
 from mindspore_impl.core.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteCheckpointError
 from mindspore_impl.core.train_state import (LAST, capture_global_rng, clean_stale_files, copy_training_state,
                                              open_training_state, prune_step_checkpoints, remove_checkpoint,
@@ -332,7 +332,7 @@ class Trainer:
 
     def validate(self) -> list[str]:
         """Render the validation views; writes save/it{step}-{i}.png (images side by side)."""
-        from mindspore_impl.lift3d.export.video import save_image, strip
+        from mindspore_impl.core.media import save_image, strip
         self.system.set_step(self.global_step)
         paths = []
         for i in range(self.dm.n_val):
@@ -342,7 +342,7 @@ class Trainer:
 
     def test(self) -> list[str]:
         """Render the test orbit: frames save/it{step}-test/{i:04d}.png and videos save/it{step}-test.mp4/.gif."""
-        from mindspore_impl.lift3d.export.video import save_image, save_video, strip
+        from mindspore_impl.core.media import save_image, save_video, strip
         self.system.set_step(self.global_step)
         stem = self.trial.save_path(f"it{self.global_step}-test")
         frames = []

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mindspore_impl.core.errors import UserError
+from neutral.errors import UserError
 
 
 MAX_TAG_BYTES = 180  # a folder name is at most 255 bytes: tag + "-<hash>" + "@YYYYMMDD-HHMMSS" + "-N" fit

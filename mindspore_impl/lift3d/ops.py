@@ -8,7 +8,7 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import ops
 
-from mindspore_impl.lift3d.spec.ops import ACTIVATIONS, SH_C0, TRUNC_EXP_MAX, check_sh_degree, sh_higher_terms
+from neutral.lift3d.ops import ACTIVATIONS, SH_C0, TRUNC_EXP_MAX, check_sh_degree, sh_higher_terms
 
 
 def sh_encode(x01: ms.Tensor, degree: int = 3) -> ms.Tensor:

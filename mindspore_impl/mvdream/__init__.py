@@ -1,12 +1,10 @@
-"""Multiview diffusion (MindSpore). Public names load on first use (PEP 562), so importing a
-framework-neutral submodule such as unet_spec does not import MindSpore."""
+"""Multiview diffusion (MindSpore). Public names load on first use (PEP 562), so importing one submodule
+does not build the others."""
 import importlib
 
 _EXPORTS = {
     "MultiViewUNetModel": "unet",
     "TextTransformer": "text_encoder",
-    "CLIPTokenizer": "tokenizer",
-    "load_tokenizer": "tokenizer",
     "AutoencoderKL": "vae",
     "NoiseSchedule": "schedule",
     "make_alphas_cumprod": "schedule",
@@ -16,7 +14,6 @@ _EXPORTS = {
     "sample_ddim": "samplers",
     "sample_dpmpp_2m": "samplers",
     "sliding_window_eps_fn": "sliding_window",
-    "window_indices": "sliding_window_spec",
     "MVDreamPipeline": "pipeline",
 }
 __all__ = sorted(_EXPORTS)

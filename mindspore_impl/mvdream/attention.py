@@ -9,7 +9,7 @@ from mindspore import nn, ops
 
 from mindspore_impl.core.device import is_ascend
 from mindspore_impl.mvdream.nn_util import LayerNorm32, conv2d, dense, transformer_norm
-from mindspore_impl.mvdream.unet_spec import transformer_dims
+from neutral.mvdream.unet import transformer_dims
 
 
 def attention_backend(head_dim: int) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from mindspore import nn
 
-from mindspore_impl.mvdream.first_stage_spec import (IDENTITY_TARGETS, IdentityFirstStageConfig,  # noqa: F401
+from neutral.mvdream.first_stage import (IDENTITY_TARGETS, IdentityFirstStageConfig,  # noqa: F401
                                                      downsample_of, is_identity, parse_identity)
 
 

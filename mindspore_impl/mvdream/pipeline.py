@@ -17,11 +17,12 @@ import numpy as np
 from mindspore import ops
 
 from mindspore_impl.core.checkpoint import CheckpointError, load_state_dict, read_params
-from mindspore_impl.core.errors import MissingFileError, UserError
+from neutral.errors import MissingFileError, UserError
 from mindspore_impl.mvdream import samplers
 from mindspore_impl.mvdream.cameras import get_camera
 from mindspore_impl.mvdream.schedule import schedule_from_config
 from mindspore_impl.mvdream.sliding_window import DEFAULT_WINDOW, sliding_window_eps_fn
+from neutral.mvdream.tokenizer import require_tokenizer
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -31,26 +32,15 @@ CHECKPOINT_HINT = (
     "Get the original weights sd-v2.1-base-4view.pt from https://huggingface.co/MVDream/MVDream and "
     "convert them once: python -m convert.pt2ms --src sd-v2.1-base-4view.pt --dst mvdream-sd21.ckpt "
     "(or --dst mvdream-sd21.safetensors).")
-TOKENIZER_HINT = (
-    "The CLIP BPE tokenizer files (vocab.json and merges.txt) of SD 2.1 are in the 'tokenizer' folder of "
-    "https://huggingface.co/stabilityai/stable-diffusion-2-1-base; download that folder and pass its path.")
 
 _DTYPES = {"fp32": ms.float32, "float32": ms.float32, "fp16": ms.float16, "float16": ms.float16}
 
 
 def _load_yaml_model_params(config_path: str) -> dict:
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     if not os.path.isfile(config_path):
         raise MissingFileError(f"model config not found: {config_path} (use configs/sd-v2-base.yaml)")
     return load_model_config(config_path)
-
-
-def _load_tokenizer(tokenizer_path: str):
-    """CLIP BPE tokenizer from a local folder (vocab.json + merges.txt) or open_clip's .gz file."""
-    if not tokenizer_path or not os.path.exists(tokenizer_path):
-        raise MissingFileError(f"tokenizer files not found: {tokenizer_path!r}. {TOKENIZER_HINT}")
-    from mindspore_impl.mvdream.tokenizer import load_tokenizer
-    return load_tokenizer(tokenizer_path)  # names the missing file and where to get it
 
 
 def latent_downsample(first_stage_entry: dict) -> int:
@@ -146,7 +136,7 @@ class MVDreamPipeline:
             raise MissingFileError(f"MVDream checkpoint not found: {ckpt_path!r}. {CHECKPOINT_HINT}")
         if not ckpt_path.endswith((".ckpt", ".safetensors")):
             raise CheckpointError(f"{ckpt_path}: expected a converted .ckpt or .safetensors file. {CHECKPOINT_HINT}")
-        tokenizer = _load_tokenizer(tokenizer_dir)
+        tokenizer = require_tokenizer(tokenizer_dir)
         model_params = _load_yaml_model_params(config_path)
         pipe = cls.build(model_params, tokenizer, dtype)
         state = read_params(ckpt_path)

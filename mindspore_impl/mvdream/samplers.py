@@ -19,7 +19,7 @@ import numpy as np
 from mindspore import ops
 from tqdm import tqdm
 
-from mindspore_impl.mvdream.samplers_spec import check_sampler, ddim_timesteps
+from neutral.mvdream.samplers import check_sampler, ddim_timesteps
 
 EpsFn = Callable[[ms.Tensor, int], ms.Tensor]
 

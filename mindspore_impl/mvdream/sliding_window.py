@@ -17,7 +17,7 @@ import numpy as np
 from mindspore import ops
 
 from mindspore_impl.mvdream.samplers import EpsFn
-from mindspore_impl.mvdream.sliding_window_spec import DEFAULT_WINDOW, plan_windows, window_groups
+from neutral.mvdream.sliding_window import DEFAULT_WINDOW, plan_windows, window_groups
 
 
 def sliding_window_eps_fn(model_fn, context, uncontext, camera, scale: float,

@@ -22,7 +22,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops, Parameter
 
-from mindspore_impl.mvdream.text_encoder_spec import TextArch, causal_mask, check_layer, parse_config
+from neutral.mvdream.text_encoder import TextArch, causal_mask, check_layer, parse_config
 
 
 class MultiheadAttention(nn.Cell):

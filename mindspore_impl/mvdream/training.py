@@ -22,7 +22,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindspore_impl.core.checkpoint import check_state_dict
-from mindspore_impl.mvdream.training_spec import (FIRST_STAGE_PREFIX, STEP_INPUTS, TEXT_PREFIX,  # noqa: F401
+from neutral.mvdream.training import (FIRST_STAGE_PREFIX, STEP_INPUTS, TEXT_PREFIX,  # noqa: F401
                                                   TIMESTEP_SHARING, UNET_PREFIX, images_to_model,
                                                   sample_step_noise)
 

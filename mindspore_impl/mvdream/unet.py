@@ -12,7 +12,7 @@ from mindspore import nn, ops
 
 from mindspore_impl.mvdream.attention import SpatialTransformer3D
 from mindspore_impl.mvdream.nn_util import conv2d, dense, normalization, timestep_embedding, timestep_freqs
-from mindspore_impl.mvdream.unet_spec import attention_heads, check_unet_config
+from neutral.mvdream.unet import attention_heads, check_unet_config
 
 
 class TimestepEmbedSequential(nn.SequentialCell):

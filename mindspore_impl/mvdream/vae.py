@@ -12,7 +12,7 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindspore_impl.mvdream.vae_spec import DDConfig, parse_config
+from neutral.mvdream.vae import DDConfig, parse_config
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, pad: int = 0) -> nn.Conv2d:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from mindspore_impl.lift3d.spec.ops import ACTIVATIONS, SH_C0, TRUNC_EXP_MAX, check_sh_degree, sh_higher_terms
+from neutral.lift3d.ops import ACTIVATIONS, SH_C0, TRUNC_EXP_MAX, check_sh_degree, sh_higher_terms
 
 
 def sh_encode(x01: torch.Tensor, degree: int = 3) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mindspore_impl.mvdream.unet_spec import transformer_dims
+from neutral.mvdream.unet import transformer_dims
 from torch_ref.mvdream.nn_util import LayerNorm32, transformer_norm, zero_module
 
 

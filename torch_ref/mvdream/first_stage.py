@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from mindspore_impl.mvdream.first_stage_spec import downsample_of, is_identity, parse_identity  # noqa: F401
+from neutral.mvdream.first_stage import downsample_of, is_identity, parse_identity  # noqa: F401
 
 
 class IdentityFirstStage(nn.Module):

@@ -22,7 +22,7 @@ class MVDreamPipeline:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet.eval(), vae.eval(), text_encoder.eval(), tokenizer
         self.alphas_cumprod = schedule_from_config(model_params)
         self.scale_factor = float(model_params.get("scale_factor", 0.18215))
-        from mindspore_impl.mvdream.first_stage_spec import downsample_of, is_identity
+        from neutral.mvdream.first_stage import downsample_of, is_identity
         self.downsample = downsample_of(model_params["first_stage_config"])
         self.clip_x0 = self.scale_factor if is_identity(model_params["first_stage_config"]) else None
         self.latent_channels = int(model_params["unet_config"]["params"].get("in_channels", 4))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mindspore_impl.mvdream.samplers_spec import check_sampler, ddim_timesteps
+from neutral.mvdream.samplers import check_sampler, ddim_timesteps
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from mindspore_impl.mvdream.sliding_window_spec import DEFAULT_WINDOW, window_indices
+from neutral.mvdream.sliding_window import DEFAULT_WINDOW, window_indices
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Parameter names are open_clip's (the checkpoint's `cond_stage_model.model.*`); the attention is
 torch.nn.MultiheadAttention itself, so the packed in_proj layout is the original one.
-The config schema (arch name or explicit dims, layer) lives in mindspore_impl/mvdream/text_encoder_spec.py.
+The config schema (arch name or explicit dims, layer) lives in neutral/mvdream/text_encoder.py.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mindspore_impl.mvdream.text_encoder_spec import TextArch, causal_mask, check_layer, parse_config
+from neutral.mvdream.text_encoder import TextArch, causal_mask, check_layer, parse_config
 
 
 class ResidualAttentionBlock(nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mindspore_impl.mvdream.training_spec import STEP_INPUTS, images_to_model, sample_step_noise  # noqa: F401
+from neutral.mvdream.training import STEP_INPUTS, images_to_model, sample_step_noise  # noqa: F401
 
 
 def encode_sample(first_stage: nn.Module, images, noise):

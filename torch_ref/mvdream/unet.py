@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mindspore_impl.mvdream.unet_spec import attention_heads, check_unet_config
+from neutral.mvdream.unet import attention_heads, check_unet_config
 from torch_ref.mvdream.attention import SpatialTransformer3D
 from torch_ref.mvdream.nn_util import normalization, timestep_embedding, zero_module
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindspore_impl.mvdream.vae_spec import DDConfig, parse_config
+from neutral.mvdream.vae import DDConfig, parse_config
 
 
 def Normalize(channels: int) -> nn.GroupNorm:

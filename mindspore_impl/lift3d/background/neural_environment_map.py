@@ -11,11 +11,11 @@ from typing import Any, Optional
 import numpy as np
 from mindspore import nn, ops
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.registry import register
+from neutral.config import parse_structured
+from neutral.registry import register
 from mindspore_impl.lift3d.geometry.mlp import get_mlp
 from mindspore_impl.lift3d.ops import activate, sh_encode
-from mindspore_impl.lift3d.spec.background import (NeuralEnvironmentMapBackgroundConfig, check_env_map_config,
+from neutral.lift3d.background import (NeuralEnvironmentMapBackgroundConfig, check_env_map_config,
                                                   draw_aug_color)
 
 

@@ -8,9 +8,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
 
-from mindspore_impl.core.registry import register
+from neutral.registry import register
 from mindspore_impl.lift3d.background.neural_environment_map import broadcast_color
-from mindspore_impl.lift3d.spec.background import SolidColorBackgroundConfig, draw_aug_colors, parse_solid_color_config
+from neutral.lift3d.background import SolidColorBackgroundConfig, draw_aug_colors, parse_solid_color_config
 
 
 @register("solid-color-background")

@@ -1,1 +1,1 @@
-"""Exports: images/strips/videos (video.py) and meshes (mesh.py)."""
+"""Mesh export (mesh.py); the images and videos a trial writes are in core/media.py."""

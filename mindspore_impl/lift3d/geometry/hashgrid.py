@@ -15,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindspore_impl.lift3d.spec.hashgrid import HASH_PRIMES, build_layout, init_hashgrid_params
+from neutral.lift3d.hashgrid import HASH_PRIMES, build_layout, init_hashgrid_params
 
 
 class HashGridLookupAutodiff(nn.Cell):

@@ -10,12 +10,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindspore_impl.core.registry import register
+from neutral.registry import register
 from mindspore_impl.lift3d.geometry.hashgrid import get_encoding
 from mindspore_impl.lift3d.geometry.mlp import get_mlp
 from mindspore_impl.lift3d.ops import activate
-from mindspore_impl.lift3d.spec.implicit_volume import ImplicitVolumeConfig, fd_offsets, parse_config
-from mindspore_impl.lift3d.spec.ops import check_activation
+from neutral.lift3d.implicit_volume import ImplicitVolumeConfig, fd_offsets, parse_config
+from neutral.lift3d.ops import check_activation
 
 
 def normalize(x, eps: float = 1e-12):

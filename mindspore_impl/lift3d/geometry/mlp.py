@@ -8,8 +8,8 @@ from __future__ import annotations
 from mindspore import nn
 
 from mindspore_impl.lift3d.ops import activate
-from mindspore_impl.lift3d.spec.mlp import layer_dims, parse_mlp_config
-from mindspore_impl.lift3d.spec.ops import check_activation
+from neutral.lift3d.mlp import layer_dims, parse_mlp_config
+from neutral.lift3d.ops import check_activation
 
 
 class VanillaMLP(nn.Cell):

@@ -32,8 +32,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from mindspore_impl.core.registry import register
-from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import (  # noqa: F401  (GuidanceError re-exported)
+from neutral.registry import register
+from neutral.lift3d.multiview_diffusion_guidance import (  # noqa: F401  (GuidanceError re-exported)
     Config, GuidanceError, GuidanceSchedule, check_checkpoint, check_config, sample_inputs)
 from mindspore_impl.mvdream.cameras import normalize_camera
 from mindspore_impl.mvdream.schedule import NoiseSchedule
@@ -85,7 +85,7 @@ def load_frozen_models(ckpt_path: str, config_path: str, names=("unet", "vae"),
     checkpoint: ({name: cell}, model.params). Names: unet, vae, text_encoder.
     half_precision: the UNet is built with use_fp16 (Dense/Conv weights fp16, norms fp32, fp32 output);
     the VAE stays fp32 (the rendered image's gradient flows through it)."""
-    from convert.keymaps import load_model_config
+    from neutral.mvdream.model_config import load_model_config
     from mindspore_impl.core.checkpoint import load_state_dict, read_params
     from mindspore_impl.mvdream import first_stage, pipeline, text_encoder, unet
     parts = {"unet": (unet, "unet_config", pipeline.UNET_PREFIX),
@@ -148,7 +148,7 @@ class MultiviewDiffusionGuidance(nn.Cell):
 
     @classmethod
     def from_config(cls, cfg_dict: Any) -> "MultiviewDiffusionGuidance":
-        from mindspore_impl.core.config import parse_structured
+        from neutral.config import parse_structured
         cfg = parse_structured(Config, cfg_dict, "multiview-diffusion-guidance")
         check_config(cfg)
         ckpt_path, config_path = check_checkpoint(cfg)

@@ -16,10 +16,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.registry import register
+from neutral.config import parse_structured
+from neutral.registry import register
 from mindspore_impl.lift3d.ops import activate, dot, normalize
-from mindspore_impl.lift3d.spec.materials import SHADING_MODES, DiffuseWithPointLightMaterialConfig, draw_shading
+from neutral.lift3d.materials import SHADING_MODES, DiffuseWithPointLightMaterialConfig, draw_shading
 
 
 @register("diffuse-with-point-light-material")

@@ -7,11 +7,11 @@ from typing import Any
 
 from mindspore import nn, ops
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.registry import register
+from neutral.config import parse_structured
+from neutral.registry import register
 from mindspore_impl.lift3d.geometry.mlp import get_mlp
 from mindspore_impl.lift3d.ops import activate
-from mindspore_impl.lift3d.spec.materials import NoMaterialConfig
+from neutral.lift3d.materials import NoMaterialConfig
 
 
 @register("no-material")

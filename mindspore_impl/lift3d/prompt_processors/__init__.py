@@ -1,3 +1,2 @@
 """Prompt processors (registered: "mvdream-prompt-processor", "stable-diffusion-prompt-processor")."""
-from mindspore_impl.lift3d.prompt_processors.prompt_processor import (  # noqa: F401
-    DEFAULT_NEGATIVE_PROMPT, PromptError, PromptProcessor, PromptProcessorOutput)
+from mindspore_impl.lift3d.prompt_processors.prompt_processor import PromptProcessor  # noqa: F401

@@ -13,12 +13,12 @@ from typing import Optional
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindspore_impl.core.registry import register
+from neutral.registry import register
 from mindspore_impl.lift3d.renderers.occupancy_grid import OccupancyGrid
 from mindspore_impl.lift3d.renderers.ray_sampling import (_arange, compact_slots, composite_weights, merged_intervals,
                                                           normalize, ray_box_intersect, sample_pdf, scatter_back,
                                                           sort_samples, stratified_t, uniform_intervals)
-from mindspore_impl.lift3d.spec.nerf_volume_renderer import IMAGE_KEYS, Config, SubModules, parse_renderer_config
+from neutral.lift3d.nerf_volume_renderer import IMAGE_KEYS, Config, SubModules, parse_renderer_config
 
 
 @register("nerf-volume-renderer")

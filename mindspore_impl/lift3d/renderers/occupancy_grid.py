@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from mindspore_impl.lift3d.spec.occupancy_grid import grid_update_points
+from neutral.lift3d.occupancy_grid import grid_update_points
 
 
 class OccupancyGrid(nn.Cell):

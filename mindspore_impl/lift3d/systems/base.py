@@ -31,10 +31,10 @@ import numpy as np
 from mindspore import nn
 
 from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict
-from mindspore_impl.core.config import ConfigError, parse_structured, to_container
+from neutral.config import ConfigError, parse_structured, to_container
 from mindspore_impl.core.optim import TorchAdam, build_optimizer, unique_params
-from mindspore_impl.core.schedule import C as schedule_value
-from mindspore_impl.core.schedule import check_schedules
+from neutral.schedule import C as schedule_value
+from neutral.schedule import check_schedules
 
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optimizer."

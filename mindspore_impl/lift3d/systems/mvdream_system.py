@@ -26,10 +26,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
-from mindspore_impl.core import registry
+from neutral import registry
 from mindspore_impl.core.checkpoint import CheckpointError
-from mindspore_impl.core.config import ConfigError, parse_structured, to_container
-from mindspore_impl.core.schedule import parse_schedule
+from neutral.config import ConfigError, parse_structured, to_container
+from neutral.schedule import parse_schedule
 from mindspore_impl.lift3d.systems.base import BaseSystem, BaseSystemConfig
 
 # loss terms in the order of the loss-weight tensor and of the aux output
@@ -303,7 +303,7 @@ class MVDreamSystem(BaseSystem):
     @staticmethod
     def _text_embeddings(cls: type, pp_cfg):
         """(processor, its output); setup problems (tokenizer files) become one-line launch errors."""
-        from mindspore_impl.lift3d.prompt_processors import PromptError
+        from neutral.lift3d.prompt_processor import PromptError
         try:
             processor = cls(pp_cfg)
             return processor, processor()

@@ -22,8 +22,8 @@ from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from mindspore_impl.core.errors import UserError
-from mindspore_impl.lift3d.data.multiview_cameras import (
+from neutral.errors import UserError
+from neutral.lift3d.multiview_cameras import (
     get_mvp_matrix,
     get_projection_matrix,
     get_ray_directions,

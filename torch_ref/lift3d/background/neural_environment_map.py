@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.registry import register
-from mindspore_impl.lift3d.spec.background import (NeuralEnvironmentMapBackgroundConfig, check_env_map_config,
+from neutral.config import parse_structured
+from neutral.registry import register
+from neutral.lift3d.background import (NeuralEnvironmentMapBackgroundConfig, check_env_map_config,
                                                   draw_aug_color)
 from torch_ref.lift3d.geometry.mlp import get_mlp
 from torch_ref.lift3d.ops import activate, sh_encode

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mindspore_impl.core.registry import register
-from mindspore_impl.lift3d.spec.background import SolidColorBackgroundConfig, draw_aug_colors, parse_solid_color_config
+from neutral.registry import register
+from neutral.lift3d.background import SolidColorBackgroundConfig, draw_aug_colors, parse_solid_color_config
 from torch_ref.lift3d.background.neural_environment_map import broadcast_color
 
 

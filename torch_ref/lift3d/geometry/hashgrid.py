@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mindspore_impl.lift3d.spec.hashgrid import HASH_PRIMES, UINT32_MASK, build_layout, init_hashgrid_params
+from neutral.lift3d.hashgrid import HASH_PRIMES, UINT32_MASK, build_layout, init_hashgrid_params
 
 
 class HashGrid(nn.Module):

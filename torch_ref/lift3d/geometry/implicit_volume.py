@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mindspore_impl.core.registry import register
-from mindspore_impl.lift3d.spec.implicit_volume import ImplicitVolumeConfig, fd_offsets, parse_config
-from mindspore_impl.lift3d.spec.ops import check_activation
+from neutral.registry import register
+from neutral.lift3d.implicit_volume import ImplicitVolumeConfig, fd_offsets, parse_config
+from neutral.lift3d.ops import check_activation
 from torch_ref.lift3d.geometry.hashgrid import get_encoding
 from torch_ref.lift3d.geometry.mlp import get_mlp
 from torch_ref.lift3d.ops import activate

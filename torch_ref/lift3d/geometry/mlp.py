@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from mindspore_impl.lift3d.spec.mlp import layer_dims, parse_mlp_config
-from mindspore_impl.lift3d.spec.ops import check_activation
+from neutral.lift3d.mlp import layer_dims, parse_mlp_config
+from neutral.lift3d.ops import check_activation
 from torch_ref.lift3d.ops import activate
 
 

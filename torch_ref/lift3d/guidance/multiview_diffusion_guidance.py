@@ -2,7 +2,7 @@
 
 Same math in the structure of upstream MVDream-threestudio's guidance (x0 mode), with its
 recon_loss=False crash fixed (plain SDS) and SJC added. Config, schedules and the host-side
-helpers come from mindspore_impl.lift3d.spec.multiview_diffusion_guidance.py, shared with the MindSpore module.
+helpers come from neutral.lift3d.multiview_diffusion_guidance.py, shared with the MindSpore module.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindspore_impl.lift3d.spec.multiview_diffusion_guidance import (  # noqa: F401
+from neutral.lift3d.multiview_diffusion_guidance import (  # noqa: F401
     Config, GuidanceError, GuidanceSchedule, check_config, sample_inputs)
 from torch_ref.mvdream.cameras import normalize_camera
 

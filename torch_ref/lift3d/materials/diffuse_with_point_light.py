@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.registry import register
-from mindspore_impl.lift3d.spec.materials import SHADING_MODES, DiffuseWithPointLightMaterialConfig, draw_shading
+from neutral.config import parse_structured
+from neutral.registry import register
+from neutral.lift3d.materials import SHADING_MODES, DiffuseWithPointLightMaterialConfig, draw_shading
 from torch_ref.lift3d.ops import activate, dot, normalize
 
 

@@ -6,9 +6,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.core.registry import register
-from mindspore_impl.lift3d.spec.materials import NoMaterialConfig
+from neutral.config import parse_structured
+from neutral.registry import register
+from neutral.lift3d.materials import NoMaterialConfig
 from torch_ref.lift3d.geometry.mlp import get_mlp
 from torch_ref.lift3d.ops import activate
 

@@ -1,8 +1,8 @@
 """PyTorch twin of mindspore_impl/lift3d/prompt_processors/prompt_processor.py.
 
-The processor itself (cache, prompts, view-dependent selection) is host-side numpy and shared;
-only the text-encoder call differs, so parity of the whole prompt -> embeddings path is a
-parity of this encode function.
+The processor itself (cache, prompts, view-dependent selection) is host-side numpy in
+neutral/lift3d/prompt_processor.py; only the text-encoder call differs, so parity of the whole
+prompt -> embeddings path is a parity of this encode function.
 """
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mindspore_impl.lift3d.prompt_processors.prompt_processor import (  # noqa: F401
-    DEFAULT_NEGATIVE_PROMPT, Config, PromptError, PromptProcessor, PromptProcessorOutput, weights_fingerprint)
+from neutral.lift3d import prompt_processor as neutral_pp
 
 
-def make_encode_fn(tokenize: Callable[[list], np.ndarray], text_encoder: torch.nn.Module):
+def make_encode_fn(tokenize: Callable[[list], np.ndarray], text_encoder: torch.nn.Module) -> neutral_pp.EncodeFn:
     """tokenize(texts) -> (N, 77) ids; torch text encoder (N, 77) long -> (N, 77, C) numpy float32."""
 
     @torch.no_grad()
@@ -23,3 +22,7 @@ def make_encode_fn(tokenize: Callable[[list], np.ndarray], text_encoder: torch.n
         tokens = torch.from_numpy(np.asarray(tokenize(list(texts)), dtype=np.int64))
         return text_encoder(tokens).float().numpy()
     return encode
+
+
+class PromptProcessor(neutral_pp.PromptProcessor):
+    """The neutral processor; its text encoder is injected as a torch encode_fn (make_encode_fn)."""

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from mindspore_impl.lift3d.spec.occupancy_grid import grid_update_points
+from neutral.lift3d.occupancy_grid import grid_update_points
 
 
 class OccupancyGrid(nn.Module):

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mindspore_impl.core.config import ConfigError, parse_structured
+from neutral.config import ConfigError, parse_structured
 
 LAYERS = ("last", "penultimate")
 

@@ -10,7 +10,7 @@ from typing import List
 
 import numpy as np
 
-from mindspore_impl.core.config import parse_structured
+from neutral.config import parse_structured
 
 
 # fast_hash primes for x, y, z (tcnn grid.h); 1 keeps neighbouring x in one cache line.

@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mindspore_impl.core.errors import UserError
-from mindspore_impl.core.schedule import C, check_schedules
+from neutral.errors import UserError
+from neutral.schedule import C, check_schedules
 
 GUIDANCE_MODES = ("x0", "sds", "sjc")
 CHECKPOINT_URL = "https://huggingface.co/MVDream/MVDream"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from mindspore_impl.core.config import parse_structured
-from mindspore_impl.lift3d.spec.ops import check_activation
+from neutral.config import parse_structured
+from neutral.lift3d.ops import check_activation
 
 
 @dataclass

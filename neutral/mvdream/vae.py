@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from mindspore_impl.core.config import parse_structured
+from neutral.config import parse_structured
 
 
 @dataclass

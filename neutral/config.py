@@ -16,7 +16,7 @@ from typing import Any, Optional, Type, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from mindspore_impl.core.errors import UserError
+from neutral.errors import UserError
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from mindspore_impl.core.config import ConfigError, parse_structured
-from mindspore_impl.core.registry import register
+from neutral.config import ConfigError, parse_structured
+from neutral.registry import register
 
 
 @dataclass

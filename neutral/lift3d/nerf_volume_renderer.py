@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mindspore_impl.core.config import ConfigError, parse_structured
+from neutral.config import ConfigError, parse_structured
 
 
 IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "comp_normal")

@@ -24,11 +24,14 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from mindspore_impl.core.errors import MissingFileError
+from neutral.errors import MissingFileError
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 HF_FILES = ("vocab.json", "merges.txt")
 OPENCLIP_FILE = "bpe_simple_vocab_16e6.txt.gz"
+TOKENIZER_HINT = (
+    "The CLIP BPE tokenizer files (vocab.json and merges.txt) of SD 2.1 are in the 'tokenizer' folder of "
+    "https://huggingface.co/stabilityai/stable-diffusion-2-1-base; download that folder and pass its path.")
 NUM_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges (vocab 49408 with bytes and specials)
 SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 WHERE_TO_GET = ("Get vocab.json and merges.txt from the 'tokenizer' folder of "
@@ -215,3 +218,10 @@ def load_tokenizer(path: str, context_length: int = 77) -> CLIPTokenizer:
         merges = _parse_merges(_read_lines(files[0]), files[0])
         vocab = _vocab_from_merges(merges)
     return CLIPTokenizer(vocab, merges, context_length)
+
+
+def require_tokenizer(path: Optional[str]) -> CLIPTokenizer:
+    """load_tokenizer for a path a user gave: a missing path is a MissingFileError saying where to get the files."""
+    if not path or not os.path.exists(path):
+        raise MissingFileError(f"tokenizer files not found: {path!r}. {TOKENIZER_HINT}")
+    return load_tokenizer(path)  # names a missing file inside the folder and where to get it

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mindspore_impl.core.config import parse_structured
+from neutral.config import parse_structured
 
 
 NORMAL_TYPES = (None, "finite_difference", "finite_difference_laplacian", "analytic")

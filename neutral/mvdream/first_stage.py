@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mindspore_impl.core.config import parse_structured
+from neutral.config import parse_structured
 
 IDENTITY_TARGETS = ("identity", "torch.nn.Identity")
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mindspore_impl.core.config import ConfigError
+from neutral.config import ConfigError
 
 
 class ScheduleError(ConfigError):
