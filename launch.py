@@ -141,14 +141,14 @@ def _section(cfg: DictConfig, key: str) -> dict:
 
 
 def import_modules() -> None:
-    """Import mindspore_impl.lift3d and its subpackages: modules register their types on import."""
+    """Import mindspore_impl.lift3d and its subpackages, and multiview diffusion training (its system and data
+    module): modules register their types on import."""
     import importlib
-    import pkgutil
 
-    package = importlib.import_module("mindspore_impl.lift3d")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.ispkg:
-            importlib.import_module(f"mindspore_impl.lift3d.{info.name}")
+    from mindspore_impl.lift3d.systems.base import import_lift3d_modules
+    import_lift3d_modules()
+    for name in ("mindspore_impl.mvdream.diffusion_system", "mindspore_impl.mvdream.data"):
+        importlib.import_module(name)
 
 
 def check_config(cfg: DictConfig, mode: str):

@@ -2,7 +2,7 @@
 
     python -m convert.hf_clip --src text_encoder/model.safetensors --dst text_encoder.ckpt
 
-HF names (under `text_model.`)                         OpenCLIP names (`cond_stage_model.model.` of MVDream)
+HF names (under `text_model.`)                         OpenCLIP names (under MVDream's text-encoder prefix)
 embeddings.token_embedding.weight                     token_embedding.weight
 embeddings.position_embedding.weight                  positional_embedding
 encoder.layers.N.self_attn.{q,k,v}_proj.{weight,bias} transformer.resblocks.N.attn.in_proj_{weight,bias} (q;k;v)
@@ -10,6 +10,7 @@ encoder.layers.N.self_attn.out_proj.*                 transformer.resblocks.N.at
 encoder.layers.N.layer_norm1 / layer_norm2            transformer.resblocks.N.ln_1 / ln_2
 encoder.layers.N.mlp.fc1 / fc2                        transformer.resblocks.N.mlp.c_fc / c_proj
 final_layer_norm                                      ln_final
+The text-encoder prefix is neutral/mvdream/checkpoint_layout.py's TEXT_ENCODER.prefix.
 `embeddings.position_ids` (a buffer) is dropped. CLIPTextModel has no text projection, so the
 result builds with `embed_dim: null`. SD 2.1 ships 23 of ViT-H-14's 24 layers and uses the last
 hidden state (after final_layer_norm): that is `layer: last` on the 23-layer model, which equals
@@ -89,14 +90,15 @@ def text_params_for(openclip_state: dict[str, np.ndarray], heads: int | None = N
 
 def convert_hf_text_encoder(hf_state: dict[str, np.ndarray], heads: int | None = None, layer: str = "last",
                             log=print) -> tuple[dict[str, np.ndarray], dict]:
-    """HF CLIPTextModel state -> (MindSpore state under `cond_stage_model.model.`, cond_stage params).
+    """HF CLIPTextModel state -> (MindSpore state under the text-encoder prefix, cond_stage params).
     Goes through the same strict key map and shape checks as the MVDream checkpoint."""
     from convert.keymaps import TEXT_ENCODER
     from convert.pt2ms import convert_state_dict
     openclip = hf_to_openclip(hf_state)
     params = text_params_for(openclip, heads, layer)
     original = {TEXT_ENCODER.prefix + k: v for k, v in openclip.items()}
-    out = convert_state_dict(original, {"cond_stage_config": {"params": params}}, parts=[TEXT_ENCODER.name], log=log)
+    out = convert_state_dict(original, {TEXT_ENCODER.config_key: {"params": params}}, parts=[TEXT_ENCODER.name],
+                             log=log)
     return out, params
 
 

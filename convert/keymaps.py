@@ -1,6 +1,7 @@
 """Explicit key maps between the original PyTorch checkpoint and the MindSpore models.
 
-An original MVDream checkpoint is one state dict whose keys carry a prefix per sub-model.
+An original MVDream checkpoint is one state dict whose keys carry a prefix per sub-model; the prefixes and
+the config entries that build the sub-models are defined once, in neutral/mvdream/checkpoint_layout.py.
 Each `Submodel` names its prefix, the config entry that builds it, the torch_ref builder
 (used on the meta device to know every expected key and shape) and its renaming rules.
 A rule is (regex over the torch name after the prefix, replacement giving the MindSpore name);
@@ -12,6 +13,8 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
+
+from neutral.mvdream import checkpoint_layout as layout
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,11 @@ class Submodel:
     targets: tuple[tuple[str, str], ...] = ()
 
 
+def _layout_fields(part: layout.Part) -> dict:
+    """name / prefix / config_key of a sub-model of the checkpoint layout (never spelled here)."""
+    return {"name": part.name, "prefix": part.prefix, "config_key": part.config_key}
+
+
 # GroupNorm / LayerNorm affine parameters are weight/bias in torch and gamma/beta in MindSpore.
 def _norm_rules(norm_names: str) -> tuple[tuple[str, str], ...]:
     return ((rf"(.*\.)?({norm_names})\.weight", r"\1\2.gamma"),
@@ -34,18 +42,14 @@ def _norm_rules(norm_names: str) -> tuple[tuple[str, str], ...]:
 # openaimodel UNet: ResBlock in_layers.0/out_layers.0 (GroupNorm), final out.0 (GroupNorm),
 # SpatialTransformer norm (GroupNorm), BasicTransformerBlock norm1..3 (LayerNorm).
 UNET = Submodel(
-    name="unet",
-    prefix="model.diffusion_model.",
-    config_key="unet_config",
+    **_layout_fields(layout.UNET),
     builder="torch_ref.mvdream.unet:build_from_config",
     rules=_norm_rules(r"in_layers\.0|out_layers\.0|out\.0|norm|norm1|norm2|norm3"),
 )
 
 # LDM AutoencoderKL: ResnetBlock norm1/norm2, AttnBlock norm, Encoder/Decoder norm_out (GroupNorm).
 VAE = Submodel(
-    name="vae",
-    prefix="first_stage_model.",
-    config_key="first_stage_config",
+    **_layout_fields(layout.VAE),
     builder="torch_ref.mvdream.vae:build_from_config",
     rules=_norm_rules(r"norm1|norm2|norm|norm_out"),
     targets=tuple((t, "torch_ref.mvdream.first_stage:build_from_config")
@@ -54,9 +58,7 @@ VAE = Submodel(
 
 # open_clip text tower: ln_1/ln_2/ln_final (LayerNorm); nn.Embedding's table is embedding_table.
 TEXT_ENCODER = Submodel(
-    name="text_encoder",
-    prefix="cond_stage_model.model.",
-    config_key="cond_stage_config",
+    **_layout_fields(layout.TEXT_ENCODER),
     builder="torch_ref.mvdream.text_encoder:build_from_config",
     rules=((r"token_embedding\.weight", r"token_embedding.embedding_table"),)
     + _norm_rules(r"ln_1|ln_2|ln_final"),

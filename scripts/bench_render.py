@@ -77,7 +77,7 @@ def build_ms(args, samples, importance, randomized=True):
         for p in cell.get_parameters():
             p.set_data(ms.Tensor(values[p.name]))
     r = NeRFVolumeRenderer(renderer_cfg(samples, importance, randomized), geo, NoMaterial(), bg)
-    r.update_step(0, rng_seed=args.seed)
+    r.update_step(0, np.random.default_rng(args.seed))
     return r
 
 
@@ -94,7 +94,7 @@ def build_torch(args, samples, importance):
             for n, p in mod.named_parameters():
                 p.copy_(torch.from_numpy(values[n]))
     r = NeRFVolumeRenderer(renderer_cfg(samples, importance), geo, NoMaterial(), bg)
-    r.update_step(0, rng_seed=args.seed)
+    r.update_step(0, np.random.default_rng(args.seed))
     return r
 
 

@@ -277,7 +277,8 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
     from mindspore import ops
 
     from mindspore_impl.lift3d.guidance.multiview_diffusion_guidance import camera_condition
-    from mindspore_impl.lift3d.systems.mvdream_system import MVDreamSystem, composite_background
+    from mindspore_impl.lift3d.losses import composite_background
+    from mindspore_impl.lift3d.systems.mvdream_system import MVDreamSystem
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
 
@@ -296,6 +297,7 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
         def _build_guidance(self, cls, g_cfg):
             from mindspore_impl.mvdream import first_stage, unet
             from mindspore_impl.mvdream.schedule import NoiseSchedule
+            from neutral.mvdream.checkpoint_layout import PREFIXES
             from neutral.mvdream.model_config import load_model_config
             params = load_model_config(g_cfg.config_path)
             u_params = dict(params["unet_config"]["params"])
@@ -303,7 +305,7 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
                 u_params["use_fp16"] = True
             models = {"unet": unet.build_from_config(u_params),
                       "vae": first_stage.build_first_stage(dict(params["first_stage_config"]))}
-            for prefix, cell in (("model.diffusion_model.", models["unet"]), ("first_stage_model.", models["vae"])):
+            for prefix, cell in ((PREFIXES["unet"], models["unet"]), (PREFIXES["vae"], models["vae"])):
                 for p in cell.get_parameters():
                     p.set_data(ms.Tensor(named_value(prefix + p.name, tuple(p.shape), args.seed), dtype=p.dtype))
                 cell.set_train(False)
@@ -314,11 +316,9 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
     system = BenchSystem(system_cfg, seed=args.seed)
     for p in system.geometry.trainable_params() + system.background.trainable_params():
         p.set_data(ms.Tensor(field_value(p.name, tuple(p.shape), args.seed)))
-    for module in (system.geometry, system.material, system.background):
+    for module in (system.geometry, system.material, system.background, system.guidance, system.renderer):
         if hasattr(module, "update_step"):
-            module.update_step(0, args.global_step)
-    system.guidance.update_step(args.global_step)
-    system.renderer.update_step(args.global_step, args.seed)
+            module.update_step(args.global_step, np.random.default_rng(args.seed))
     system.configure_optimizers()
     inputs = draw_inputs(args, data_cfg, system_cfg, system.renderer.jitter_samples)
     x = {k: ms.Tensor(v) for k, v in inputs.items() if k != "shading"}
@@ -425,16 +425,13 @@ def torch_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
                 p.copy_(torch.from_numpy(named_value(sub.prefix + ms_name(sub, name), tuple(p.shape), args.seed)))
     guidance = MultiviewDiffusionGuidance(g_cfg, u, v, schedule.NoiseSchedule.from_config(params),
                                           float(params.get("scale_factor", 0.18215)))
-    for module in (geo, mat, bg):
+    for module in (geo, mat, bg, guidance, renderer):
         if hasattr(module, "update_step"):
-            module.update_step(0, args.global_step)
-    guidance.update_step(args.global_step)
-    renderer.update_step(args.global_step, args.seed)
+            module.update_step(args.global_step, np.random.default_rng(args.seed))
     optimizer = twin.build_optimizer(modules, system_cfg["optimizer"])
     inputs = draw_inputs(args, data_cfg, system_cfg, renderer.jitter_samples)
     x = twin.to_torch(inputs)
-    active = tuple(float(w) != 0.0 for w in inputs["loss_weights"])
-    active = (True,) + active[1:]
+    active = {t: float(w) != 0.0 for t, w in zip(twin.LOSS_TERMS, inputs["loss_weights"])}
     rec.update(build_s=time.perf_counter() - t0, rss_after_build_gb=current_rss_gb(),
                unet_params_m=sum(p.numel() for p in u.parameters()) / 1e6,
                vae_params_m=sum(p.numel() for p in v.parameters()) / 1e6)

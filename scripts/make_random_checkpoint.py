@@ -11,8 +11,8 @@ user converts the real sd-v2.1-base-4view.pt, for plumbing and timing at the rea
 1. build the torch_ref UNet + VAE + OpenCLIP ViT-H-14 text tower of configs/sd-v2-base.yaml (1.3 B parameters,
    5.2 GB in fp32) from a fixed seed, with make_tiny_checkpoint's init fixes (zero-initialised output convs and
    open_clip's torch.empty tensors get values);
-2. save them as ONE `.pt` in the original layout (`model.diffusion_model.*`, `first_stage_model.*`,
-   `cond_stage_model.model.*`, the prefixes of convert/keymaps.py); the numpy arrays handed to torch.save are
+2. save them as ONE `.pt` in the original layout (a key prefix per sub-model, as
+   neutral/mvdream/checkpoint_layout.py defines them); the numpy arrays handed to torch.save are
    views of the module tensors, so only one copy of the weights is held; then the modules are freed;
 3. convert that file with the project's converter, in a child process, exactly as a user runs it on the real
    file: `python -m convert.pt2ms --src <out>/sd-v2.1-base-4view.pt --dst <out>/sd-v2.1-base-4view.ckpt

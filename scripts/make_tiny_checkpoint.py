@@ -4,8 +4,8 @@
     python launch.py --config configs/tiny-sds.yaml --train system.prompt_processor.prompt="a red cube"
 
 Builds the torch_ref UNet + VAE + OpenCLIP text tower of configs/tiny-mvdream.yaml from a fixed seed,
-saves them the way the original MVDream checkpoint is laid out (one `.pt` with `model.diffusion_model.*`,
-`first_stage_model.*`, `cond_stage_model.model.*`), converts that file with the project's converter
+saves them the way the original MVDream checkpoint is laid out (one `.pt`, a key prefix per sub-model as
+neutral/mvdream/checkpoint_layout.py defines them), converts that file with the project's converter
 (convert.pt2ms, the same path a user takes with the real sd-v2.1-base-4view.pt) and writes small CLIP BPE
 tokenizer files (vocab.json + merges.txt) the project's tokenizer loads. The weights mean nothing: this is
 for plumbing, tests and timing, not for pictures.
@@ -21,12 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from neutral.mvdream.checkpoint_layout import PARTS as LAYOUT  # noqa: E402 (needs ROOT on sys.path)
+
 TINY_CONFIG = os.path.join(ROOT, "configs", "tiny-mvdream.yaml")
 DEFAULT_OUT = os.path.join("pretrained", "tiny-mvdream")
 PT_NAME, CKPT_NAME, TOKENIZER_DIR = "tiny-mvdream.pt", "tiny-mvdream.ckpt", "tokenizer"
-PARTS = (("unet", "model.diffusion_model.", "unet_config"),
-         ("vae", "first_stage_model.", "first_stage_config"),
-         ("text_encoder", "cond_stage_model.model.", "cond_stage_config"))
+PARTS = tuple((p.name, p.prefix, p.config_key) for p in LAYOUT)  # (name, prefix, YAML entry) per sub-model
 # a few CLIP-style merges so common prompt words become single tokens; the rest falls back to bytes
 TINY_MERGES = [("a", "n"), ("t", "h"), ("th", "e</w>"), ("r", "e"), ("e", "d</w>"), ("c", "u"),
                ("cu", "b"), ("cub", "e</w>"), ("o", "r"), ("s", "e</w>")]

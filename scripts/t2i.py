@@ -77,9 +77,10 @@ def run(args) -> int:
     check_args(args)
     from mindspore_impl.core.device import check_device
     check_device(args.device)
-    from mindspore_impl.mvdream.pipeline import _load_yaml_model_params, check_sampling_args, image_multiple
+    from mindspore_impl.mvdream.pipeline import check_sampling_args, image_multiple
+    from neutral.mvdream.model_config import load_model_config
 
-    multiple = image_multiple(_load_yaml_model_params(args.config))
+    multiple = image_multiple(load_model_config(args.config))
     check_sampling_args(multiple, args.num_frames, args.steps, args.scale, args.size, args.size, args.eta,
                         prefix="--")
 

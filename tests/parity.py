@@ -1,4 +1,4 @@
-"""Shared parity assertions (DESIGN.md, parity method)."""
+"""Shared parity assertions (docs/architecture.md, "Parity")."""
 import numpy as np
 
 

@@ -137,16 +137,16 @@ def test_env_map_parity_outputs_and_gradients():
 def test_env_map_random_aug_is_host_side_and_shared_by_the_batch():
     pt, ms_bg = make_env_maps(MVDREAM_BG, seed=2)
     rng = np.random.default_rng(0)
-    draws = [ms_bg.draw_aug(rng) for _ in range(4000)]
+    draws = [ms_bg.draw_aug(rng, 4) for _ in range(4000)]
     frac = np.mean([d is not None for d in draws])
     print(f"[aug] env map random colour in {frac:.3f} of batches (random_aug_prob 0.5)")
     assert abs(frac - 0.5) < 0.03
     colors = np.stack([d for d in draws if d is not None])
     assert colors.shape[1] == 3 and colors.min() >= 0 and colors.max() < 1
-    assert ms_bg.draw_aug(rng, training=False) is None
-    assert MsEnvMap({}).draw_aug(rng) is None  # threestudio default: random_aug off
+    assert ms_bg.draw_aug(rng, 4, training=False) is None
+    assert MsEnvMap({}).draw_aug(rng, 4) is None  # threestudio default: random_aug off
     for seed in range(6):  # both trees draw the same stream
-        a, b = ms_bg.draw_aug(np.random.default_rng(seed)), pt.draw_aug(np.random.default_rng(seed))
+        a, b = ms_bg.draw_aug(np.random.default_rng(seed), 4), pt.draw_aug(np.random.default_rng(seed), 4)
         assert (a is None and b is None) or np.array_equal(a, b)
     color = colors[0]
     dirs = unit_dirs(np.random.default_rng(2), (2, 3, 4, 3))
@@ -273,12 +273,12 @@ def test_diffuse_material_matches_the_lambert_formula():
 def test_shading_draws_follow_threestudio():
     mat, pt = MsDiffuse(MVDREAM_SHADING), PtDiffuse(MVDREAM_SHADING)
     rng = np.random.default_rng(0)
-    mat.update_step(0, 4999)
+    mat.update_step(4999)
     assert mat.ambient_only
     warm = [mat.draw_shading(rng) for _ in range(200)]
     assert {d["shading"] for d in warm} == {"albedo"}  # ambient-only warm-up
-    mat.update_step(0, 5000)
-    pt.update_step(0, 5000)
+    mat.update_step(5000)
+    pt.update_step(5000)
     assert not mat.ambient_only
     draws = [mat.draw_shading(rng) for _ in range(8000)]
     freq = {m: np.mean([d["shading"] == m for d in draws]) for m in ("albedo", "textureless", "diffuse")}

@@ -13,13 +13,14 @@ from neutral.mvdream.model_config import load_model_config
 from convert.ms2pt import main as ms2pt_main
 from convert.pt2ms import main as pt2ms_main
 from mindspore_impl.core.checkpoint import load_state_dict, read_params, save_params
+from neutral.mvdream.checkpoint_layout import UNET
 
 import mindspore_impl.mvdream as ms_mvdream
 import torch_ref.mvdream as pt_mvdream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_YAML = os.path.join(ROOT, "configs", "tiny-mvdream.yaml")
-PREFIX = "model.diffusion_model."
+PREFIX = UNET.prefix
 
 
 class NotATensor:

@@ -17,6 +17,7 @@ import pytest
 from mindspore_impl.core.checkpoint import CheckpointError, read_params, save_params
 from mindspore_impl.mvdream.data import primitives as P
 from mindspore_impl.mvdream.pipeline import MVDreamPipeline
+from neutral.mvdream.checkpoint_layout import PREFIXES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CKPT = os.path.join(ROOT, "pretrained", "demo", "model.ckpt")
@@ -36,7 +37,7 @@ def test_shipped_checkpoint_loads_strictly(tmp_path):
     assert n_values == sum(v.size for v in state.values())
     assert all(np.isfinite(v).all() for v in state.values())
     missing = dict(state)
-    missing.pop("model.diffusion_model.out.2.weight")
+    missing.pop(PREFIXES["unet"] + "out.2.weight")
     bad = str(tmp_path / "missing.ckpt")
     save_params(missing, bad)
     with pytest.raises(CheckpointError, match="out.2.weight") as err:

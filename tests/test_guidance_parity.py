@@ -13,6 +13,7 @@ import torch
 from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import convert_state_dict
 from mindspore_impl.core.checkpoint import load_state_dict
+from neutral.mvdream.checkpoint_layout import PREFIXES
 from neutral.registry import find
 from mindspore_impl.lift3d.guidance import multiview_diffusion_guidance as msg
 from mindspore_impl.mvdream import schedule as ms_schedule
@@ -48,13 +49,13 @@ def models():
     tv = t_vae.build_from_config(dict(params["first_stage_config"]["params"])).eval()
     _randomize(tu, 1)
     _randomize(tv, 2)
-    state = {f"model.diffusion_model.{k}": v.numpy() for k, v in tu.state_dict().items()}
-    state.update({f"first_stage_model.{k}": v.numpy() for k, v in tv.state_dict().items()})
+    state = {PREFIXES["unet"] + k: v.numpy() for k, v in tu.state_dict().items()}
+    state.update({PREFIXES["vae"] + k: v.numpy() for k, v in tv.state_dict().items()})
     converted = convert_state_dict(state, params, parts=["unet", "vae"], log=lambda *_: None)
     mu = ms_unet.build_from_config(dict(params["unet_config"]["params"]))
     mv = ms_vae.build_from_config(dict(params["first_stage_config"]["params"]))
-    load_state_dict(mu, converted, prefix="model.diffusion_model.")
-    load_state_dict(mv, converted, prefix="first_stage_model.")
+    load_state_dict(mu, converted, prefix=PREFIXES["unet"])
+    load_state_dict(mv, converted, prefix=PREFIXES["vae"])
     return tu, tv, mu, mv
 
 
@@ -327,11 +328,10 @@ def test_pixel_space_demo_model_drives_sds(tmp_path):
     """configs/demo-model.yaml (identity first stage, 12x16x16 'latents'): from_config builds, loads
     strictly and gives a finite loss whose gradient reaches every rendered pixel."""
     from mindspore_impl.core.checkpoint import save_params, state_dict
-    from mindspore_impl.mvdream import pipeline
     demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo-model.yaml")
     unet = ms_unet.build_from_config(dict(load_model_config(demo)["unet_config"]["params"]))
     ckpt = str(tmp_path / "demo.ckpt")
-    save_params(state_dict(unet, pipeline.UNET_PREFIX), ckpt)
+    save_params(state_dict(unet, PREFIXES["unet"]), ckpt)
     mgd = find("multiview-diffusion-guidance").from_config(dict(ckpt_path=ckpt, config_path=demo, n_view=N_VIEW,
                                                                  image_size=32))
     assert mgd.latent_shape() == (12, 16, 16) and mgd.trainable_params() == []
@@ -353,10 +353,10 @@ def test_pixel_space_x0_clip_parity():
     torch.manual_seed(0)
     tu = t_unet.build_from_config(dict(params["unet_config"]["params"])).eval()
     _randomize(tu, 3)
-    state = {f"model.diffusion_model.{k}": v.numpy() for k, v in tu.state_dict().items()}
+    state = {PREFIXES["unet"] + k: v.numpy() for k, v in tu.state_dict().items()}
     converted = convert_state_dict(state, params, parts=["unet"], log=lambda *_: None)
     mu = ms_unet.build_from_config(dict(params["unet_config"]["params"]))
-    load_state_dict(mu, converted, prefix="model.diffusion_model.")
+    load_state_dict(mu, converted, prefix=PREFIXES["unet"])
     cfg = msg.Config(n_view=N_VIEW, image_size=32, guidance_scale=20.0, recon_std_rescale=0.5,
                      min_step_percent=0.5, max_step_percent=0.5)
     tgd = tg.MultiviewDiffusionGuidance(cfg, tu, TIdentity(3, 2), t_schedule.NoiseSchedule.from_config(params), 1.0)

@@ -19,7 +19,7 @@ from neutral.config import ConfigError, parse_structured
 from neutral.registry import register
 from mindspore_impl.core.train_state import load_training_state
 from mindspore_impl.lift3d.export.mesh import MeshExportConfig, export_mesh
-from mindspore_impl.lift3d.systems.base import BaseSystem, BaseSystemConfig
+from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

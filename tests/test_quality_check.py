@@ -105,7 +105,7 @@ def test_missing_checkpoint_says_how_to_train(tmp_path):
     msg = str(err.value)
     print(msg)
     assert missing in msg
-    assert "python scripts/train_mvdiffusion.py --config configs/demo-mvdiffusion.yaml" in msg
+    assert "python launch.py --config configs/demo-mvdiffusion.yaml --train" in msg
     assert not (tmp_path / "q").exists()
 
 
@@ -119,7 +119,7 @@ def test_demo_config_missing_checkpoint_error(tmp_path):
                      f"system.guidance.ckpt_path={missing}", f"exp_root_dir={tmp_path / 'out'}"])
     msg = str(err.value)
     print(msg)
-    assert "train_mvdiffusion.py" in msg and missing in msg
+    assert "demo-mvdiffusion.yaml --train" in msg and missing in msg
     assert not (tmp_path / "out").exists()
 
 

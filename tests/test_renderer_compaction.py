@@ -66,7 +66,7 @@ def test_compacted_render_equals_dense_and_torch(mode):
            "return_comp_normal": True}
     pt_r, ms_r = build(cfg, normal_type="finite_difference", material="diffuse", seed=1)
     for step in (0, 1, 2):  # EMA updates: part of the grid is empty
-        assert pt_r.update_step(step, 100 + step) and ms_r.update_step(step, 100 + step)
+        assert pt_r.update_step(step, np.random.default_rng(100 + step)) and ms_r.update_step(step, np.random.default_rng(100 + step))
     inputs = _flat_inputs(ms_r)
     n = inputs[0].shape[0]
     g = [Tensor(np.random.default_rng(k).normal(size=(n, c)).astype(np.float32)) for k, c in ((1, 3), (2, 1), (3, 1))]
@@ -101,7 +101,7 @@ def test_deferred_step_overflow_takes_the_next_bucket(tiny, capsys):
     texture_field(system)
     system.configure_optimizers()
     for step in range(0, STEP + 1, 8):
-        system.renderer.update_step(0, 7)  # EMA updates of the textured field: empty cells appear
+        system.renderer.update_step(0, np.random.default_rng(7))  # EMA updates of the textured field: empty cells appear
     system.on_train_batch_start(STEP)
     inputs = system.draw_step_inputs(dm.sample(STEP))
     snapshot = tuple(map(copy.deepcopy, system.state_dict()))

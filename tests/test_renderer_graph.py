@@ -25,7 +25,7 @@ def build():
     table = geo.encoding.encoding.encoding.params
     table.set_data(Tensor(np.random.default_rng(0).uniform(-1, 1, table.shape).astype(np.float32)))
     renderer = NeRFVolumeRenderer(RENDERER, geo, NoMaterial(), NeuralEnvironmentMapBackground())
-    renderer.update_step(0, rng_seed=5)  # pruning active in both runs
+    renderer.update_step(0, np.random.default_rng(5))  # pruning active in both runs
     return renderer
 
 

@@ -118,7 +118,7 @@ def test_uniform_sampler_with_grid_prune_matches():
     cfg = {"num_samples_per_ray": 24, "num_importance_samples": 0, "occ_update_interval": 1}
     pt_r, ms_r = build(cfg)
     for step in (0, 1):  # two EMA updates so some cells are empty and pruning is active
-        assert pt_r.update_step(step, rng_seed=100 + step) and ms_r.update_step(step, rng_seed=100 + step)
+        assert pt_r.update_step(step, np.random.default_rng(100 + step)) and ms_r.update_step(step, np.random.default_rng(100 + step))
     empty = int((~pt_r.estimator.binaries).sum())
     print(f"[renderer] empty cells {empty} / {pt_r.estimator.binaries.numel()}")
     assert 0 < empty < pt_r.estimator.binaries.numel()
@@ -153,9 +153,9 @@ def test_importance_sampler_with_normals_and_shading_matches():
 def test_occupancy_update_matches_and_respects_interval():
     cfg = {"num_samples_per_ray": 8, "occ_update_interval": 4}
     pt_r, ms_r = build(cfg, seed=2)
-    assert not pt_r.update_step(3, rng_seed=1) and not ms_r.update_step(3, rng_seed=1)
+    assert not pt_r.update_step(3, np.random.default_rng(1)) and not ms_r.update_step(3, np.random.default_rng(1))
     for step, seed in ((4, 11), (8, 12), (12, 13)):
-        assert pt_r.update_step(step, seed) and ms_r.update_step(step, seed)
+        assert pt_r.update_step(step, np.random.default_rng(seed)) and ms_r.update_step(step, np.random.default_rng(seed))
         assert_parity(ms_r.estimator.occs, pt_r.estimator.occs, f"occs after step {step}")
         pt_bin = pt_r.estimator.binaries.numpy()
         ms_bin = ms_r.estimator.binaries.asnumpy()

@@ -14,6 +14,7 @@ import pytest
 
 from mindspore_impl.core.checkpoint import CheckpointError, save_params
 from mindspore_impl.mvdream.pipeline import MVDreamPipeline
+from neutral.mvdream.checkpoint_layout import PREFIXES
 from tests.tiny_mvdream_models import TINY_CONFIG, write_tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,13 +122,13 @@ def test_missing_tokenizer_says_where(assets, tmp_path):
 
 def test_incomplete_checkpoint_is_refused(assets, tmp_path):
     state = dict(assets["state"])
-    dropped = sorted(k for k in state if k.startswith("first_stage_model."))[0]
+    dropped = sorted(k for k in state if k.startswith(PREFIXES["vae"]))[0]
     del state[dropped]
     path = str(tmp_path / "broken.ckpt")
     save_params(state, path)
     with pytest.raises(CheckpointError, match="missing keys") as exc:
         MVDreamPipeline.from_checkpoint(path, TINY_CONFIG, assets["tok"])
-    assert dropped[len("first_stage_model."):] in str(exc.value)
+    assert dropped[len(PREFIXES["vae"]):] in str(exc.value)
 
 
 def test_fp16_unet_close_to_fp32(assets):

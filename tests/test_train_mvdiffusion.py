@@ -1,41 +1,42 @@
-"""Multiview diffusion training (scripts/train_mvdiffusion.py, mindspore_impl/mvdream/training.py):
-loss decrease, strict checkpoint loading by the pipeline, exact resume, and clear errors.
-Parity with torch_ref: tests/test_train_mvdiffusion_parity.py."""
+"""Multiview diffusion training through launch.py (mindspore_impl/mvdream/diffusion_system.py, the data module
+mindspore_impl/mvdream/data/datamodule.py, configs/tiny-mvdiffusion.yaml): the losses of the retired
+scripts/train_mvdiffusion.py, exact resume, the export loading strictly into the pipeline, loss decrease and
+clear errors. Parity with torch_ref: tests/test_train_mvdiffusion_parity.py."""
+import json
 import os
 
 import numpy as np
 import pytest
-import yaml
 
+import launch
 from neutral.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONS = ["a red cube", "a blue sphere", "a green cone", "an orange torus"]
+TINY_CONFIG = os.path.join(ROOT, "configs", "tiny-mvdiffusion.yaml")
+TINY_MODEL = os.path.join(ROOT, "configs", "tiny-mvdiffusion-model.yaml")
+TOKENIZER = os.path.join(ROOT, "pretrained", "demo", "tokenizer")
+DATASET_ARGS = ["--num_objects", "6", "--size", "8", "--n_view", "8", "--supersample", "1", "--seed", "0"]
 
-# pixel space (2x2 unshuffle) at 8x8 x 4 views: the demo model's structure at toy size
-TINY_PIXEL = {"model": {"params": {
-    "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 1.0,
-    "unet_config": {"params": {
-        "image_size": 4, "in_channels": 12, "out_channels": 12, "model_channels": 32,
-        "attention_resolutions": [1], "num_res_blocks": 1, "channel_mult": [1], "num_head_channels": 16,
-        "use_spatial_transformer": True, "use_linear_in_transformer": True, "transformer_depth": 1,
-        "context_dim": 32, "use_checkpoint": False, "legacy": False, "camera_dim": 16}},
-    "first_stage_config": {"target": "identity", "params": {"channels": 3, "patch_size": 2}},
-    "cond_stage_config": {"params": {"freeze": False, "layer": "last", "arch": {
-        "width": 32, "heads": 2, "layers": 1, "context_length": 77, "vocab_size": 640, "embed_dim": None}}},
-}}}
+# Per-step losses and the export of the recipe in configs/tiny-mvdiffusion.yaml, recorded with the script this
+# system replaced (scripts/train_mvdiffusion.py at commit 2d7f496, its step compiled with ms.jit) on the dataset of
+# `make_primitives_dataset.py --num_objects 6 --size 8 --n_view 8 --supersample 1 --seed 0`:
+#   train_mvdiffusion.py model_config=configs/tiny-mvdiffusion-model.yaml tokenizer=pretrained/demo/tokenizer
+#     seed=0 num_frames=4 batch_size=2 max_steps=4 lr=3e-3 weight_decay=0.01 grad_clip=1.0 cfg_drop_prob=0.5
+#     timestep_sharing=object train_text_encoder=true token_embedding_std=0.02 ema_decay=0.5 jit=true
+# OLD_EXPORT_ABS_SUM: sum of |value| (float64) over every array of the model.ckpt it wrote (EMA weights).
+OLD_SCRIPT_LOSSES = [1.0432486534118652, 0.9257722496986389, 0.9066017270088196, 0.9187774658203125]
+OLD_EXPORT_ABS_SUM = 14225.16294099805
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    import sys
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from make_demo_tokenizer import write_tokenizer
+    """The toy model YAML, the demo tokenizer and the toy primitives dataset (6 objects x 8 views at 8x8)."""
+    from scripts import make_primitives_dataset
     d = tmp_path_factory.mktemp("train")
-    cfg_path = str(d / "tiny-pixel.yaml")
-    with open(cfg_path, "w") as f:
-        yaml.safe_dump(TINY_PIXEL, f)
-    return {"dir": d, "model_config": cfg_path, "tokenizer": write_tokenizer(str(d / "tokenizer"))}
+    dataset = str(d / "primitives_8.npz")
+    assert make_primitives_dataset.main(["--out", dataset, *DATASET_ARGS]) == 0
+    return {"dir": d, "model_config": TINY_MODEL, "tokenizer": TOKENIZER, "dataset": dataset}
 
 
 def random_data(n=6, views=4, size=8, seed=0):
@@ -46,95 +47,138 @@ def random_data(n=6, views=4, size=8, seed=0):
             "captions": [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]}
 
 
-def make_trainer(files, out, **over):
-    from scripts.train_mvdiffusion import TrainConfig, Trainer
-    kw = dict(model_config=files["model_config"], tokenizer=files["tokenizer"], output_dir=str(out),
-              dataset="unused.npz", batch_size=2, max_steps=4, save_every=2, log_every=1, jit=False,
-              progress=False, lr=3e-3)
-    kw.update(over)
-    return Trainer(TrainConfig(**kw), data=random_data(), log=lambda *_: None)
+def _launch(files, *args, mode="--train"):
+    return launch.main(["--config", TINY_CONFIG, mode, f"exp_root_dir={files['dir'] / 'out'}",
+                        f"data.path={files['dataset']}", *args])
+
+
+def _losses(trial_root):
+    with open(os.path.join(trial_root, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def _abs_sum(state):
+    return float(sum(np.abs(v.astype(np.float64)).sum() for v in state.values()))
 
 
 @pytest.fixture(scope="module")
 def run(files):
-    """One compiled (ms.jit) trainer shared by the tests below: 4 steps, checkpoints at steps 2 and 4."""
-    out = files["dir"] / "run"
-    tr = make_trainer(files, out, jit=True, batch_size=1, max_steps=4, save_every=2, keep_checkpoints=-1,
-                      ema_decay=0.5)
-    losses = tr.fit()
-    return {"trainer": tr, "losses": losses, "out": out}
+    """configs/tiny-mvdiffusion.yaml through launch.py: 4 compiled steps, checkpoints at 2 and 4, validation
+    at 2 and 4, the test video and the export."""
+    trainer = launch.main(["--config", TINY_CONFIG, "--train", f"exp_root_dir={files['dir'] / 'out'}",
+                           f"data.path={files['dataset']}", "name=full"])
+    return {"trainer": trainer, "root": trainer.trial.root, "losses": _losses(trainer.trial.root)}
 
 
-def test_resume_continues_identically(files, run):
-    """Restoring step 2 (params, AdamW moments and step, EMA, RNG) replays steps 3 and 4 exactly."""
-    tr, losses = run["trainer"], run["losses"]
-    final = tr.state_arrays()
-    ckpt2 = str(run["out"] / "ckpts" / "step000002.ckpt")
-    assert tr.restore(ckpt2) == 2
-    replay = [tr.train_step() for _ in range(2)]
-    print(f"steps 3-4: {losses[2:]}, after resume from step 2: {replay}")
-    assert replay == losses[2:]
-    again = tr.state_arrays()
-    assert max(float(np.abs(final[k] - again[k]).max()) for k in final) == 0.0
-    # a fresh trainer (new cells, pynative) restores the same arrays and RNG state by name
-    fresh = make_trainer(files, files["dir"] / "fresh", batch_size=1, ema_decay=0.5)
-    fresh.restore(str(run["out"] / "ckpts" / "last.ckpt"))
-    restored = fresh.state_arrays()
-    assert sorted(restored) == sorted(final)
-    assert max(float(np.abs(final[k] - restored[k]).max()) for k in final) == 0.0
-    assert fresh.step == 4 and fresh.rng.bit_generator.state == tr.rng.bit_generator.state
-
-
-def test_checkpoint_loads_strictly_in_pipeline(files, run):
+def test_launch_reproduces_old_script_losses(run):
+    losses = [run["losses"][s] for s in (1, 2, 3, 4)]
+    err = max(abs(a - b) / abs(b) for a, b in zip(losses, OLD_SCRIPT_LOSSES))
+    print(f"launch.py losses {losses}\nold script      {OLD_SCRIPT_LOSSES}\nmax relative difference {err:.3e}")
+    assert err <= 1e-6
+    export = os.path.join(run["root"], "save", "it4-export", "model.ckpt")
     from mindspore_impl.core.checkpoint import read_params
+    total = _abs_sum(read_params(export))
+    print(f"export sum |w| {total!r}, old script's model.ckpt {OLD_EXPORT_ABS_SUM!r}")
+    assert total == pytest.approx(OLD_EXPORT_ABS_SUM, rel=1e-6)
+    save = set(os.listdir(os.path.join(run["root"], "save")))
+    assert {"it2-0.png", "it4-0.png", "it4-test.mp4", "it4-export"} <= save
+    import imageio.v2 as imageio2
+    assert imageio2.imread(os.path.join(run["root"], "save", "it4-0.png")).shape == (8, 32, 3)  # 4 views of 8x8
+
+
+def test_resume_continues_exactly(files, run):
+    """Restoring the step-2 checkpoint (weights, AdamW moments and step, EMA, smoothed loss, the data module's
+    random stream) replays steps 3 and 4 exactly; a fresh system (launch.py --export resume=...) restores the
+    final checkpoint to the same arrays and writes the same export."""
+    from mindspore_impl.core.checkpoint import read_params
+    trainer, root = run["trainer"], run["root"]
+    final_arrays, final_meta = trainer.state()
+    assert {"extra.ema.model.diffusion_model.out.2.weight", "model.unet.out.2.weight",
+            "optimizer.optimizer_step"} <= set(final_arrays)
+    ckpt2 = os.path.join(root, "ckpts", "step000002.ckpt")
+    assert trainer.restore(ckpt2) == 2
+    trainer.fit()
+    with open(os.path.join(root, "metrics.jsonl")) as f:
+        rows = [json.loads(r) for r in f]
+    replay = {r["step"]: r for r in rows[4:]}
+    print("steps 3-4:", [run["losses"][s] for s in (3, 4)], "after resume from step 2:",
+          [replay[s]["loss"] for s in (3, 4)])
+    assert sorted(replay) == [3, 4]
+    assert all(replay[s]["loss"] == run["losses"][s] for s in (3, 4)), "resumed run diverged"
+    assert [replay[s]["loss_smooth"] for s in (3, 4)] == [r["loss_smooth"] for r in rows[2:4]]
+    again, meta = trainer.state()
+    assert sorted(again) == sorted(final_arrays)
+    assert max(float(np.abs(final_arrays[k] - again[k]).max()) for k in final_arrays) == 0.0
+    assert meta["data"] == final_meta["data"] and meta["system"] == final_meta["system"]
+
+    fresh = _launch(files, "name=fresh", f"resume={os.path.join(root, 'ckpts', 'last.ckpt')}", mode="--export")
+    restored, restored_meta = fresh.state()
+    assert sorted(restored) == sorted(final_arrays)
+    assert max(float(np.abs(final_arrays[k] - restored[k]).max()) for k in final_arrays) == 0.0
+    assert restored_meta["data"] == final_meta["data"]
+    a = read_params(os.path.join(root, "save", "it4-export", "model.ckpt"))
+    b = read_params(os.path.join(fresh.trial.root, "save", "it4-export", "model.ckpt"))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_export_loads_strictly_in_pipeline(files, run):
+    from mindspore_impl.core.checkpoint import CheckpointError, read_params, save_params
+    from mindspore_impl.mvdream import loading
     from mindspore_impl.mvdream.pipeline import MVDreamPipeline
-    out = str(run["out"])
-    model_ckpt = os.path.join(out, "model.ckpt")
-    state = read_params(model_ckpt)
+    from neutral.mvdream.model_config import load_model_config
+    export = os.path.join(run["root"], "save", "it4-export", "model.ckpt")
+    state = read_params(export)
     prefixes = sorted({k.split(".")[0] for k in state})
     assert prefixes == ["cond_stage_model", "model"], prefixes  # pixel space: no first_stage_model keys
-    for name in ("loss.csv", "config.yaml", "ckpts/last.ckpt", "ckpts/last.json", "ckpts/step000002.ckpt"):
-        assert os.path.isfile(os.path.join(out, name)), name
-    pipe = MVDreamPipeline.from_checkpoint(model_ckpt, files["model_config"], files["tokenizer"])
+    pipe = MVDreamPipeline.from_checkpoint(export, files["model_config"], files["tokenizer"])
     images = pipe("a red cube", steps=2, height=8, width=8, elevation=15, seed=1)
     print("pipeline images", images.shape, images.dtype)
     assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8
-    with open(os.path.join(out, "loss.csv")) as f:
-        rows = f.read().strip().splitlines()
-    assert rows[0] == "step,loss,loss_smooth,steps_per_s,elapsed_s" and len(rows) == 5
+    # what the SDS guidance of configs/demo.yaml loads: the UNet and first stage, strictly
+    loading.load_models(export, load_model_config(files["model_config"]), ("unet", "vae"))
     state["model.diffusion_model.extra"] = np.zeros(1, np.float32)
-    from mindspore_impl.core.checkpoint import CheckpointError, save_params
-    bad = os.path.join(out, "bad.ckpt")
+    bad = str(files["dir"] / "bad.ckpt")
     save_params(state, bad)
     with pytest.raises(CheckpointError, match="unexpected keys"):
         MVDreamPipeline.from_checkpoint(bad, files["model_config"], files["tokenizer"])
 
 
-def test_loss_decreases_on_fixed_batch(run):
+def test_loss_decreases_on_fixed_batch(files, run):
     """12 compiled steps on one fixed batch (fixed t, noise, no text dropout): the eps-MSE must halve."""
-    from mindspore_impl.mvdream.training import step_inputs
-    tr = run["trainer"]
-    batch = tr.next_batch()
+    from mindspore_impl.mvdream.data.datamodule import MultiviewDataModule
+    system = run["trainer"].system
+    dm = MultiviewDataModule({"path": files["dataset"], "model_config": files["model_config"], "batch_size": 2},
+                             seed=3)
+    batch = dm.sample(0)
     batch["drop"][:] = 0.0
-    inputs = step_inputs(batch)
-    losses = [float(tr.step_fn(*inputs).asnumpy()) for _ in range(12)]
+    losses = [system.training_step(batch, 0)["loss"] for _ in range(12)]
     print(f"fixed-batch loss: step1 {losses[0]:.4f} -> step12 {losses[-1]:.4f} (min {min(losses):.4f})")
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_errors(files, tmp_path):
-    from scripts.train_mvdiffusion import Trainer, TrainConfig, load_config, main
-    with pytest.raises(ConfigError, match="batch_sise"):
-        load_config(None, ["batch_sise=4"])
-    with pytest.raises(ConfigError, match="timestep_sharing"):
-        load_config(None, ["timestep_sharing=frame"])
+def test_missing_dataset_is_one_error_line(files, tmp_path, capsys):
     missing = str(tmp_path / "nope.npz")
-    with pytest.raises(FileNotFoundError, match="dataset file not found.*make_primitives_dataset"):
-        Trainer(TrainConfig(model_config=files["model_config"], tokenizer=files["tokenizer"], dataset=missing,
-                            output_dir=str(tmp_path)))
-    assert main([f"dataset={missing}", f"model_config={files['model_config']}",
-                 f"tokenizer={files['tokenizer']}"]) == 2
-    with pytest.raises(ValueError, match="8x8 but the model is trained at 16x16"):
-        from scripts.train_mvdiffusion import check_data
+    with pytest.raises(SystemExit) as exit_info:
+        launch._cli(["--config", TINY_CONFIG, "--train", f"exp_root_dir={tmp_path / 'out'}", f"data.path={missing}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    print(err)
+    assert len(err) == 1 and err[0].startswith("error: dataset file not found") and "make_primitives_dataset" in err[0]
+    assert not os.path.exists(tmp_path / "out")  # no trial folder
+
+
+def test_config_and_data_errors(files, tmp_path):
+    from mindspore_impl.mvdream.data.datamodule import MultiviewDataModule, check_data
+    from mindspore_impl.mvdream.data.primitives import DatasetError
+    with pytest.raises(ConfigError, match="batch_sise"):
+        _launch(files, "data.batch_sise=4")
+    with pytest.raises(ConfigError, match="timestep_sharing"):
+        _launch(files, "data.timestep_sharing=frame")
+    with pytest.raises(ConfigError, match="ema_decay"):
+        _launch(files, "system.ema_decay=1.0")
+    with pytest.raises(DatasetError, match="num_frames 3 must divide"):
+        MultiviewDataModule({"path": files["dataset"], "model_config": files["model_config"], "num_frames": 3})
+    with pytest.raises(DatasetError, match="8x8 but the model is trained at 16x16"):
         check_data(random_data(), 4, 16)
+    assert not os.path.exists(files["dir"] / "out" / "tiny-mvdiffusion")  # no trial folder for any of them

@@ -1,5 +1,6 @@
 """MindSpore vs torch_ref multiview diffusion training: the loss and its gradients (pixel-space and VAE
-first stage), and two full AdamW steps, from the same converted weights, batch, timesteps and noise."""
+first stage), and two full AdamW steps (the MindSpore one built by core/train_step.py, as the training system
+mvdream/diffusion_system.py builds it), from the same converted weights, batch, timesteps and noise."""
 import os
 
 import numpy as np
@@ -30,8 +31,8 @@ def test_loss_parity_with_torch(files, config):
     from mindspore_impl.mvdream import first_stage as ms_fs, text_encoder as ms_te, unet as ms_unet
     from mindspore_impl.mvdream.schedule import NoiseSchedule
     from neutral.mvdream.tokenizer import load_tokenizer
-    from mindspore_impl.mvdream.training import (MultiviewDiffusionLoss, images_to_model, load_named,
-                                                 model_parameters, sample_step_noise, step_inputs)
+    from mindspore_impl.mvdream.training import MultiviewDiffusionLoss, load_named, model_parameters, step_inputs
+    from neutral.mvdream.training import images_to_model, sample_step_noise
     from torch_ref.mvdream import schedule as t_schedule, training as t_training
 
     path = files["model_config"] if config == "pixel" else os.path.join(ROOT, "configs", "tiny-mvdream.yaml")
@@ -88,12 +89,13 @@ def test_train_step_parity_with_torch(files):
     from neutral.mvdream.model_config import load_model_config
     from convert.pt2ms import convert_state_dict
     from mindspore_impl.core.optim import build_optimizer
+    from mindspore_impl.core.train_step import make_train_step
     from mindspore_impl.mvdream import first_stage as ms_fs, text_encoder as ms_te, unet as ms_unet
     from mindspore_impl.mvdream.schedule import NoiseSchedule
     from neutral.mvdream.tokenizer import load_tokenizer
-    from mindspore_impl.mvdream.training import (MultiviewDiffusionLoss, images_to_model, load_named,
-                                                 make_train_step, model_parameters, sample_step_noise,
-                                                 step_inputs)
+    from mindspore_impl.mvdream.training import (MultiviewDiffusionLoss, load_named, model_parameters, step_inputs,
+                                                 training_forward)
+    from neutral.mvdream.training import images_to_model, sample_step_noise
     from torch_ref.mvdream import schedule as t_schedule, training as t_training
 
     mp = load_model_config(files["model_config"])
@@ -116,10 +118,10 @@ def test_train_step_parity_with_torch(files):
     m_loss = MultiviewDiffusionLoss(mu, mfs, mte, NoiseSchedule(), empty, 4, 1.0)
     opt = build_optimizer("AdamW", [{"params": list(named.values())}],
                           {"lr": hp["lr"], "betas": hp["betas"], "eps": hp["eps"], "weight_decay": hp["weight_decay"]})
-    m_step = make_train_step(m_loss, opt, None, jit=False, grad_clip=0.05)
+    m_step = make_train_step(training_forward(m_loss), opt, grad_clip=0.05, jit=False)
     t_loss = t_training.MultiviewDiffusionLoss(tu, tfs, tte, t_schedule.NoiseSchedule(), empty, 4, 1.0)
     t_step = t_training.make_train_step(t_loss, list(tu.parameters()) + list(tte.parameters()), grad_clip=0.05, **hp)
-    ms_losses = [float(m_step(*step_inputs(batch)).asnumpy()) for _ in range(2)]
+    ms_losses = [float(m_step(*step_inputs(batch))[0].asnumpy()) for _ in range(2)]
     t_losses = [float(t_step(*t_training.step_inputs(batch))) for _ in range(2)]
     print(f"two-step losses: MindSpore {ms_losses}, torch {t_losses}")
     assert_parity(np.array(ms_losses), np.array(t_losses), "losses of steps 1-2 (AdamW, clip)")

@@ -1,6 +1,6 @@
-"""Parity of the MVDream multiview UNet: torch_ref vs mindspore_impl (DESIGN.md, parity method).
+"""Parity of the MVDream multiview UNet: torch_ref vs mindspore_impl (docs/architecture.md, "Parity").
 
-Weights travel the user's way: torch state dict -> original-format .pt (model.diffusion_model.*)
+Weights travel the user's way: torch state dict -> original-format .pt (under the UNet prefix)
 -> convert.pt2ms.convert_state_dict -> strict load into the MindSpore model.
 """
 import os
@@ -23,7 +23,7 @@ from mindspore_impl.mvdream import unet as ms_unet
 import torch_ref.mvdream as pt_mvdream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFIX = "model.diffusion_model."
+PREFIX = UNET.prefix
 
 
 def tiny_unet_params(**overrides) -> dict:

@@ -23,7 +23,7 @@ from neutral.config import parse_structured
 from neutral.errors import UserError
 from neutral.registry import register
 from mindspore_impl.core.trial import Trial, trial_name
-from mindspore_impl.lift3d.systems.base import BaseSystem, BaseSystemConfig
+from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
 from scripts import t2i
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

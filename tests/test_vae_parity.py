@@ -19,7 +19,7 @@ from torch_ref.mvdream import vae as pt_vae
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = load_model_config(os.path.join(ROOT, "configs", "tiny-mvdream.yaml"))
 FULL = load_model_config(os.path.join(ROOT, "configs", "sd-v2-base.yaml"))
-PREFIX = "first_stage_model."
+PREFIX = VAE.prefix
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> None:

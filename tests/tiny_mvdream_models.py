@@ -10,12 +10,12 @@ import os
 
 import torch
 
-from neutral.mvdream.model_config import load_model_config
 from convert.pt2ms import convert_state_dict
+from neutral.mvdream.checkpoint_layout import CONFIG_KEYS, PREFIXES
+from neutral.mvdream.model_config import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs", "tiny-mvdream.yaml")
-PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model.model."}
 
 
 def tiny_params() -> dict:
@@ -37,12 +37,10 @@ def torch_state(parts=("unet",), seed: int = 0, model_params: dict | None = None
     """Original-layout state dict (numpy) of random torch_ref sub-models."""
     from torch_ref.mvdream import text_encoder, unet, vae
     mp = model_params or tiny_params()
-    builders = {"unet": (unet, "unet_config"), "vae": (vae, "first_stage_config"),
-                "text_encoder": (text_encoder, "cond_stage_config")}
+    builders = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
     state, modules = {}, {}
     for i, part in enumerate(parts):
-        mod, key = builders[part]
-        m = mod.build_from_config(dict(mp[key]["params"])).eval()
+        m = builders[part].build_from_config(dict(mp[CONFIG_KEYS[part]]["params"])).eval()
         randomize(m, seed + i)
         modules[part] = m
         state.update({PREFIXES[part] + k: v.numpy() for k, v in m.state_dict().items()})

@@ -75,11 +75,7 @@ def _write_json_atomic(obj: Any, path: str) -> None:
     except OSError as exc:
         raise write_error(path, exc) from None
     finally:
-        if os.path.lexists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        _remove_quietly(tmp)
 
 
 def _remove(path: str) -> bool:
@@ -87,6 +83,14 @@ def _remove(path: str) -> bool:
         os.remove(path)
         return True
     return False
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove a temporary left by a failed write; a second failure must not hide the first."""
+    try:
+        _remove(path)
+    except OSError:
+        pass
 
 
 _SHA_CACHE: dict[tuple, str] = {}
@@ -143,11 +147,7 @@ def _link_or_copy(src: str, dst: str) -> None:
     except OSError as exc:
         raise write_error(dst, exc) from None
     finally:
-        if os.path.lexists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        _remove_quietly(tmp)
 
 
 def copy_training_state(src_ckpt: str, name: str) -> str:

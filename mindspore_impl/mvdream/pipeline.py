@@ -9,38 +9,26 @@ with memory bounded by the window.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import ops
 
-from mindspore_impl.core.checkpoint import CheckpointError, load_state_dict, read_params
-from neutral.errors import MissingFileError, UserError
-from mindspore_impl.mvdream import samplers
+from mindspore_impl.mvdream import loading, samplers
 from mindspore_impl.mvdream.cameras import get_camera
 from mindspore_impl.mvdream.schedule import schedule_from_config
 from mindspore_impl.mvdream.sliding_window import DEFAULT_WINDOW, sliding_window_eps_fn
+from neutral.errors import UserError
+from neutral.mvdream.model_config import load_model_config
 from neutral.mvdream.tokenizer import require_tokenizer
-
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.model."
-
-CHECKPOINT_HINT = (
-    "Get the original weights sd-v2.1-base-4view.pt from https://huggingface.co/MVDream/MVDream and "
-    "convert them once: python -m convert.pt2ms --src sd-v2.1-base-4view.pt --dst mvdream-sd21.ckpt "
-    "(or --dst mvdream-sd21.safetensors).")
 
 _DTYPES = {"fp32": ms.float32, "float32": ms.float32, "fp16": ms.float16, "float16": ms.float16}
 
 
-def _load_yaml_model_params(config_path: str) -> dict:
-    from neutral.mvdream.model_config import load_model_config
-    if not os.path.isfile(config_path):
-        raise MissingFileError(f"model config not found: {config_path} (use configs/sd-v2-base.yaml)")
-    return load_model_config(config_path)
+def _check_dtype(dtype: str) -> None:
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
 
 
 def latent_downsample(first_stage_entry: dict) -> int:
@@ -95,8 +83,7 @@ class MVDreamPipeline:
     """Holds the UNet, VAE, text encoder and tokenizer; see the module docstring."""
 
     def __init__(self, unet, vae, text_encoder, tokenizer, model_params: dict, dtype: str = "fp32"):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
+        _check_dtype(dtype)
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.alphas_cumprod = schedule_from_config(model_params)
         self.scale_factor = float(model_params.get("scale_factor", 0.18215))
@@ -113,41 +100,27 @@ class MVDreamPipeline:
     # ------------------------------------------------------------------ loading
     @classmethod
     def build(cls, model_params: dict, tokenizer, dtype: str = "fp32") -> "MVDreamPipeline":
-        """Models with fresh (random) weights from an original config's model.params.
+        """Models with fresh (random) weights from an original config's model.params (loading.build_models).
 
         fp16 puts the UNet's Dense/Conv weights in float16 (its use_fp16 switch: norms and softmax
         stay float32); the VAE and text encoder, run once per image, stay float32.
         """
-        from mindspore_impl.mvdream import first_stage, text_encoder, unet
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
-        unet_params = dict(model_params["unet_config"]["params"])
-        unet_params["use_fp16"] = _DTYPES[dtype] == ms.float16
-        return cls(unet.build_from_config(unet_params),
-                   first_stage.build_first_stage(dict(model_params["first_stage_config"])),
-                   text_encoder.build_from_config(dict(model_params["cond_stage_config"]["params"])),
-                   tokenizer, model_params, dtype)
+        _check_dtype(dtype)
+        models = loading.build_models(model_params, use_fp16=_DTYPES[dtype] == ms.float16)
+        return cls(models["unet"], models["vae"], models["text_encoder"], tokenizer, model_params, dtype)
 
     @classmethod
     def from_checkpoint(cls, ckpt_path: str, config_path: str, tokenizer_dir: str,
                         dtype: str = "fp32") -> "MVDreamPipeline":
-        """Load a converted MVDream checkpoint (.ckpt / .safetensors, MindSpore names) strictly."""
-        if not ckpt_path or not os.path.isfile(ckpt_path):
-            raise MissingFileError(f"MVDream checkpoint not found: {ckpt_path!r}. {CHECKPOINT_HINT}")
-        if not ckpt_path.endswith((".ckpt", ".safetensors")):
-            raise CheckpointError(f"{ckpt_path}: expected a converted .ckpt or .safetensors file. {CHECKPOINT_HINT}")
+        """Load a converted MVDream checkpoint (.ckpt / .safetensors, MindSpore names) strictly (loading.py).
+
+        Checked in this order, before any model is built: the checkpoint file, the tokenizer, the model YAML."""
+        _check_dtype(dtype)
+        loading.check_checkpoint_file(ckpt_path)
         tokenizer = require_tokenizer(tokenizer_dir)
-        model_params = _load_yaml_model_params(config_path)
-        pipe = cls.build(model_params, tokenizer, dtype)
-        state = read_params(ckpt_path)
-        known = (UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)
-        extra = sorted(k for k in state if not k.startswith(known))
-        if extra:
-            raise CheckpointError(f"{ckpt_path}: keys outside the UNet/VAE/text encoder: {extra[:10]}")
-        for cell, prefix, what in ((pipe.unet, UNET_PREFIX, "UNet"), (pipe.vae, VAE_PREFIX, "VAE"),
-                                   (pipe.text_encoder, TEXT_PREFIX, "text encoder")):
-            load_state_dict(cell, state, prefix, strict=True, what=f"{ckpt_path} ({what}, prefix '{prefix}')")
-        return pipe
+        model_params = load_model_config(config_path)
+        models = loading.load_models(ckpt_path, model_params, use_fp16=_DTYPES[dtype] == ms.float16)
+        return cls(models["unet"], models["vae"], models["text_encoder"], tokenizer, model_params, dtype)
 
     # ------------------------------------------------------------------ pieces
     def encode_text(self, prompts: list[str]):

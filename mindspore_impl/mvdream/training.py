@@ -10,21 +10,18 @@ Per step (host draws every random number, the graph is deterministic given its i
     x_t   = sqrt(a_t) z0 + sqrt(1 - a_t) noise                           (one t per object by default)
     loss  = mean((unet(x_t, t, ctx, camera, F) - noise) ** 2)           (eps prediction)
 
-`make_train_step` compiles forward + backward + AdamW (+ EMA) as one graph with ms.jit.
-Twin: torch_ref/mvdream/training.py (same loss on the same inputs).
+The system that trains with it (forward + backward + AdamW + EMA through core/train_step.py, the batches from
+mvdream/data/datamodule.py): mvdream/diffusion_system.py. Twin: torch_ref/mvdream/training.py (same loss on the
+same inputs).
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
 from mindspore_impl.core.checkpoint import check_state_dict
-from neutral.mvdream.training import (FIRST_STAGE_PREFIX, STEP_INPUTS, TEXT_PREFIX,  # noqa: F401
-                                                  TIMESTEP_SHARING, UNET_PREFIX, images_to_model,
-                                                  sample_step_noise)
+from neutral.mvdream.training import FIRST_STAGE_PREFIX, STEP_INPUTS, TEXT_PREFIX, UNET_PREFIX
 
 
 # ---------------------------------------------------------------- the loss
@@ -67,6 +64,15 @@ class MultiviewDiffusionLoss(nn.Cell):
         return ops.mean((eps - noise) ** 2)
 
 
+def training_forward(loss_cell: nn.Cell):
+    """The forward core/train_step.py make_train_step takes: (*STEP_INPUTS tensors) -> (loss, aux), aux being the
+    loss again (the builder returns it without gradient)."""
+    def forward(*inputs):
+        loss = loss_cell(*inputs)
+        return loss, ops.stop_gradient(loss)
+    return forward
+
+
 def step_inputs(batch: dict[str, np.ndarray]) -> tuple:
     """Host arrays -> the loss cell's positional tensors (in STEP_INPUTS order)."""
     missing = [k for k in STEP_INPUTS if k not in batch]
@@ -75,10 +81,11 @@ def step_inputs(batch: dict[str, np.ndarray]) -> tuple:
     return tuple(ms.Tensor(np.ascontiguousarray(batch[k])) for k in STEP_INPUTS)
 
 
-# ---------------------------------------------------------------- EMA and the compiled step
+# ---------------------------------------------------------------- EMA
 
 class EMA(nn.Cell):
-    """Exponential moving average of parameters: ema = decay * ema + (1 - decay) * p (after each update)."""
+    """Exponential moving average of parameters: ema = decay * ema + (1 - decay) * p. Called with no
+    arguments after each optimizer update (core/train_step.py make_train_step(..., after_update=ema))."""
 
     def __init__(self, params, decay: float):
         super().__init__(auto_prefix=False)
@@ -92,24 +99,6 @@ class EMA(nn.Cell):
         for i in range(len(self.shadow)):
             ops.assign(self.shadow[i], self.shadow[i] * self.decay + self.params[i] * (1.0 - self.decay))
         return self.decay
-
-
-def make_train_step(loss_cell: nn.Cell, optimizer, ema: Optional[EMA] = None, jit: bool = True,
-                    grad_clip: Optional[float] = None):
-    """step(*STEP_INPUTS tensors) -> loss: value_and_grad + optional global-norm clip + AdamW + EMA,
-    compiled as one graph with ms.jit (static shapes: every step must feed the same shapes)."""
-    grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters)
-
-    def step(*inputs):
-        loss, grads = grad_fn(*inputs)
-        if grad_clip is not None:
-            grads = ops.clip_by_global_norm(grads, grad_clip)
-        optimizer(grads, loss)  # skipped when the loss or a gradient is not finite
-        if ema is not None:
-            ema()
-        return loss
-
-    return ms.jit(step) if jit else step
 
 
 # ---------------------------------------------------------------- names and state

@@ -73,8 +73,8 @@ LOCAL_CHECKPOINTS = {
                      " (it writes {dst})"),
     "demo-mvdream": ("pretrained/demo/model.ckpt",
                      "it ships with the repository: restore it with git checkout -- pretrained/demo/model.ckpt"
-                     " (or retrain it: python scripts/train_mvdiffusion.py --config configs/demo-mvdiffusion.yaml,"
-                     " then cp outputs/demo-train/model.ckpt {dst})"),
+                     " (or retrain it: python launch.py --config configs/demo-mvdiffusion.yaml --train,"
+                     " then cp outputs/demo-mvdiffusion/<trial>/save/it3000-export/model.ckpt {dst})"),
 }
 
 

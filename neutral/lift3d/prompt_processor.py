@@ -41,7 +41,7 @@ class Config:
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     model_name: str = "sd-v2.1-base-4view"
-    ckpt_path: Optional[str] = None  # converted MVDream checkpoint (holds cond_stage_model.model.*)
+    ckpt_path: Optional[str] = None  # converted MVDream checkpoint (holds the text encoder; checkpoint_layout.py)
     config_path: Optional[str] = None  # original model YAML; default from model_name
     tokenizer_path: Optional[str] = None  # folder with the CLIP BPE files (vocab.json, merges.txt)
     cache_dir: str = ".cache/text_embeddings"
@@ -58,7 +58,7 @@ class PromptError(UserError, ValueError):
 
 def check_prompt(prompt) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError(f"the prompt is empty ({prompt!r}); set system.prompt_processor.prompt=\"...\"")
+        raise PromptError(f"the prompt is empty ({prompt!r}): pass system.prompt_processor.prompt=\"a red cube\"")
     return prompt.strip()
 
 
@@ -173,6 +173,8 @@ class PromptProcessor:
     `encode_fn` + `model_identity` inject a text encoder (tests, notebooks); otherwise the text
     encoder is loaded from cfg.ckpt_path, and only when some text is not in the cache.
     """
+
+    Config = Config
 
     def __init__(self, cfg, encode_fn: Optional[EncodeFn] = None, model_identity: Optional[str] = None):
         self.cfg = parse_structured(Config, cfg, "prompt_processor")

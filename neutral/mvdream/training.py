@@ -1,14 +1,19 @@
 """Framework-neutral part of multiview diffusion training (numpy only, no MindSpore or torch import):
-checkpoint prefixes, the step's input names, the host-side draw of every random number of a step, and
-the image layout. Shared by mindspore_impl/mvdream/training.py and torch_ref/mvdream/training.py.
+checkpoint prefixes (from neutral/mvdream/checkpoint_layout.py), the step's input names, the host-side draw
+of every random number of a step, and the image layout. Shared by mindspore_impl/mvdream/training.py,
+torch_ref/mvdream/training.py and the training data module (mindspore_impl/mvdream/data/datamodule.py, which
+draws each step's random numbers with sample_step_noise).
 """
 from __future__ import annotations
 
 import numpy as np
 
-UNET_PREFIX = "model.diffusion_model."
-FIRST_STAGE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.model."
+from neutral.mvdream import checkpoint_layout
+
+# the checkpoint prefixes, under the names mindspore_impl/mvdream/training.py imports
+UNET_PREFIX = checkpoint_layout.UNET.prefix
+FIRST_STAGE_PREFIX = checkpoint_layout.VAE.prefix
+TEXT_PREFIX = checkpoint_layout.TEXT_ENCODER.prefix
 TIMESTEP_SHARING = ("object", "view")
 
 

@@ -1,6 +1,7 @@
 """PyTorch twin of mindspore_impl/mvdream/pipeline.py: the same text-to-multiview sampling
 (t2i of the original MVDream) on the torch_ref models, loaded from an original-layout
-(torch-named) state dict. Used by the end-to-end parity test.
+(torch-named) state dict (key prefixes: neutral/mvdream/checkpoint_layout.py). Used by the end-to-end
+parity test.
 """
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from neutral.mvdream.checkpoint_layout import PREFIXES
 from torch_ref.mvdream import samplers
 from torch_ref.mvdream.cameras import get_camera
 from torch_ref.mvdream.schedule import schedule_from_config
 from torch_ref.mvdream.sliding_window import DEFAULT_WINDOW, sliding_window_eps_fn
-
-PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model.model."}
 
 
 class MVDreamPipeline:

@@ -42,7 +42,8 @@ class NeuralEnvironmentMapBackground(nn.Cell):
         self.color_activation = self.cfg.color_activation
         self.network = get_mlp(self.degree ** 2, self.n_output_dims, self.cfg.mlp_network_config)
 
-    def draw_aug(self, rng: np.random.Generator, training: bool = True) -> Optional[np.ndarray]:
+    def draw_aug(self, rng: np.random.Generator, batch_size: int, training: bool = True) -> Optional[np.ndarray]:
+        """Host-side: with probability random_aug_prob one random colour (n,) for all batch_size images."""
         return draw_aug_color(rng, self.cfg, training)
 
     def construct(self, dirs, aug_color=None):

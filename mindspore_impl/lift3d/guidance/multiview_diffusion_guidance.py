@@ -1,6 +1,6 @@
 """Multiview score distillation (MVDream's "multiview-diffusion-guidance"), MindSpore.
 
-One training step (reference mvdream.md, section 4):
+One training step (MVDream-threestudio, threestudio/models/guidance/multiview_diffusion_guidance.py upstream):
   rgb (B,H,W,3) -> BCHW -> bilinear resize to image_size -> *2-1 -> VAE encode WITH gradient
   (posterior sample x scale_factor) -> latents (B,4,h,w); one timestep t for the whole batch;
   x_t = q_sample(latents, t, noise); UNet on [x_t, x_t] with [cond, uncond] contexts, camera
@@ -60,7 +60,7 @@ def recon_std_factor(x0_nocfg, x0, n_view: int):
 
 
 def rescale_x0(x0, x0_nocfg, n_view: int, r: float):
-    """x0 <- r (x0 * factor) + (1 - r) x0 (section 4, step 6), factor shared by an object's views."""
+    """x0 <- r (x0 * factor) + (1 - r) x0 (upstream recon_std_rescale), factor shared by an object's views."""
     factor = recon_std_factor(x0_nocfg, x0, n_view)
     scaled = (x0.reshape(x0.shape[0] // n_view, -1) * factor).reshape(x0.shape)
     return r * scaled + (1.0 - r) * x0
@@ -82,32 +82,13 @@ def clip_grad(grad, clip_val):
 def load_frozen_models(ckpt_path: str, config_path: str, names=("unet", "vae"),
                        half_precision: bool = False) -> tuple[dict, dict]:
     """Build the named sub-models from the original YAML and load them strictly from the converted
-    checkpoint: ({name: cell}, model.params). Names: unet, vae, text_encoder.
+    checkpoint: ({name: cell}, model.params). Names: unet, vae, text_encoder (mindspore_impl/mvdream/loading.py).
     half_precision: the UNet is built with use_fp16 (Dense/Conv weights fp16, norms fp32, fp32 output);
-    the VAE stays fp32 (the rendered image's gradient flows through it)."""
+    the VAE stays fp32 (the rendered image's gradient flows through it). Without it the YAML's use_fp16 holds."""
+    from mindspore_impl.mvdream.loading import load_models
     from neutral.mvdream.model_config import load_model_config
-    from mindspore_impl.core.checkpoint import load_state_dict, read_params
-    from mindspore_impl.mvdream import first_stage, pipeline, text_encoder, unet
-    parts = {"unet": (unet, "unet_config", pipeline.UNET_PREFIX),
-             "vae": (first_stage, "first_stage_config", pipeline.VAE_PREFIX),
-             "text_encoder": (text_encoder, "cond_stage_config", pipeline.TEXT_PREFIX)}
     model_params = load_model_config(config_path)
-    state = read_params(ckpt_path)
-    models = {}
-    for name in names:
-        module, key, prefix = parts[name]
-        params = dict(model_params[key]["params"])
-        if name == "unet" and half_precision:
-            params["use_fp16"] = True
-        if name == "vae":  # AutoencoderKL, or the weightless pixel-space stage (target: identity)
-            cell = first_stage.build_first_stage(dict(model_params[key]))
-        else:
-            cell = module.build_from_config(params)
-        load_state_dict(cell, {k: v for k, v in state.items() if k.startswith(prefix)}, prefix,
-                        strict=True, what=f"{ckpt_path} ({name}, prefix '{prefix}')")
-        cell.set_train(False)
-        models[name] = cell
-    return models, model_params
+    return load_models(ckpt_path, model_params, names, use_fp16=True if half_precision else None), model_params
 
 
 class MultiviewDiffusionGuidance(nn.Cell):
@@ -118,6 +99,10 @@ class MultiviewDiffusionGuidance(nn.Cell):
 
     Build with `from_config(cfg)` (loads the converted checkpoint) or directly with frozen models.
     """
+
+    Config = Config
+    # the checkpoint files a config names exist (a download + convert hint if not); run before anything is built
+    check_files = staticmethod(check_checkpoint)
 
     def __init__(self, cfg: Config, unet: nn.Cell, vae: nn.Cell, noise_schedule: nn.Cell,
                  scale_factor: float = 0.18215):
@@ -174,7 +159,7 @@ class MultiviewDiffusionGuidance(nn.Cell):
         return ("unet.", "vae.", "grad_clip_bound")
 
     # -- host side
-    def update_step(self, global_step: int, epoch: int = 0, on_load_weights: bool = False) -> None:
+    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> None:
         """Recompute min/max step (timestep annealing) and grad clip for `global_step`."""
         self.schedule.update(global_step)
         if self.use_grad_clip:

@@ -39,7 +39,7 @@ class DiffuseWithPointLightMaterial(nn.Cell):
                                              name="diffuse_light_color", requires_grad=False)
         self.ambient_only = False
 
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> None:
         """Albedo only (no shading) for the first ambient_only_steps steps."""
         self.ambient_only = global_step < self.cfg.ambient_only_steps
 

@@ -1,3 +1,3 @@
-"""Systems: the object the trainer drives (see base.py for the interface)."""
-from mindspore_impl.lift3d.systems.base import BaseSystem, BaseSystemConfig  # noqa: F401
+"""3D systems: base.py (geometry, material, background, renderer, evaluation, export) and the systems on it."""
+from mindspore_impl.lift3d.systems.base import BaseLift3DSystem, BaseLift3DSystemConfig  # noqa: F401
 from mindspore_impl.lift3d.systems.mvdream_system import MVDreamSystem, MVDreamSystemConfig  # noqa: F401

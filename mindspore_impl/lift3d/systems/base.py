@@ -1,266 +1,172 @@
-"""The system interface the trainer drives (threestudio's BaseSystem, without Lightning).
+"""The base of every 3D system (threestudio's BaseLift3DSystem, threestudio/systems/base.py upstream): it builds
+geometry, material, background and renderer from their registered types and typed configs, and owns what every
+3D system does the same way: host-side draws (background augmentation, shading), evaluation renders
+(validation, test orbit) and the mesh export. A system on top adds its own modules (guidance, prompt processor)
+and its training step; the step, checkpoint and module-step plumbing come from core/system.py.
 
-A system is a plain Python object that owns MindSpore cells as attributes (geometry, material,
-background, renderer, guidance, ...). The trainer only calls the methods below, so it never needs to
-know what a system contains:
-
-    system = SystemClass(cfg.system, seed=seed, resumed=False)   # parses cfg, then configure()
-    system.configure_optimizers()                                 # once, before training
-    system.set_step(global_step); system.on_train_batch_start(global_step)
-    metrics = system.training_step(batch, global_step)            # forward + backward + update
-    images = system.validation_step(batch, index)                 # {name: (H, W, C) float [0, 1]}
-    images = system.test_step(batch, index)
-    files = system.export(out_dir)
-    arrays, meta = system.state_dict(); system.load_state_dict(arrays, meta)
-
-Saved state: every parameter (trainable or not, e.g. an occupancy grid kept as a Parameter) of the
-cells returned by `saved_modules()` (all Cell attributes except `unsaved_modules`, which by default
-exclude the frozen guidance and prompt processor), the optimizer moments and step, `self.rng`
-(the numpy Generator every per-step random draw of a system must come from), and whatever
-`extra_state()` adds. Parameters are renamed `<module>.<path>` once at construction so names are
-unique across modules (graph mode and the optimizer require it) and readable in checkpoints.
+    class MySystem(BaseLift3DSystem):
+        def configure(self):
+            classes = self.find_classes(("guidance",))        # 3D module types + the system's own
+            sub = self.parse_sub_configs(classes)             # every typed config, before anything is built
+            self.build_3d(sub)                                # geometry, material, background, renderer
+            ...
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
 
-from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict
+from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
+from neutral import registry
 from neutral.config import ConfigError, parse_structured, to_container
-from mindspore_impl.core.optim import TorchAdam, build_optimizer, unique_params
-from neutral.schedule import C as schedule_value
-from neutral.schedule import check_schedules
 
-MODEL_PREFIX = "model."
-OPTIM_PREFIX = "optimizer."
-EXTRA_PREFIX = "extra."
+MODULES_3D = ("geometry", "material", "background", "renderer")
 
 
 @dataclass
-class BaseSystemConfig:
-    # threestudio optimizer spec: {name: AdamW, args: {betas, eps, lr, weight_decay},
-    #                              params: {geometry.encoding: {lr: 0.01}, background: {lr: 0.001}}}
-    optimizer: dict = field(default_factory=lambda: {"name": "AdamW", "args": {}})
-    # lr schedulers are not supported: None only (kept so threestudio configs parse)
-    scheduler: Optional[dict] = None
-    # loss weights by name, each a scheduled scalar (see core/schedule.py)
-    loss: dict = field(default_factory=dict)
-    # logger settings of threestudio configs; ignored (metrics go to the trial folder)
-    loggers: dict = field(default_factory=dict)
+class BaseLift3DSystemConfig(BaseSystemConfig):
+    geometry_type: str = "implicit-volume"
+    geometry: dict = field(default_factory=dict)
+    material_type: str = "no-material"
+    material: dict = field(default_factory=dict)
+    background_type: str = "neural-environment-map-background"
+    background: dict = field(default_factory=dict)
+    renderer_type: str = "nerf-volume-renderer"
+    renderer: dict = field(default_factory=dict)
+    # Cell.recompute() on the 3D field (and a system's own large cells): less activation memory, more compute
+    use_recompute: bool = False
+    # mesh export (lift3d/export/mesh.py MeshExportConfig); threshold defaults to the geometry's
+    exporter_type: str = "mesh-exporter"
+    exporter: dict = field(default_factory=dict)
 
 
-def get_by_path(root: Any, dotted: str) -> Any:
-    """`geometry.encoding` -> root.geometry.encoding (AttributeError names the missing piece)."""
-    obj = root
-    for i, part in enumerate(dotted.split(".")):
-        if not hasattr(obj, part):
-            where = ".".join(dotted.split(".")[:i]) or type(root).__name__
-            raise ConfigError(f"'{dotted}': {where} has no attribute '{part}'")
-        obj = getattr(obj, part)
-    return obj
+def import_lift3d_modules() -> None:
+    """Import the lift3d subpackages: their modules register their types on import."""
+    package = importlib.import_module("mindspore_impl.lift3d")
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            importlib.import_module(f"mindspore_impl.lift3d.{info.name}")
 
 
-def _flatten_groups(spec: dict, prefix: str = "") -> dict[str, dict]:
-    """{geometry.encoding: {lr}} and its nested form {geometry: {encoding: {lr}}} (what a CLI override
-    system.optimizer.params.geometry.encoding.lr=0.02 produces) -> {"geometry.encoding": {lr}}, merged."""
-    out: dict[str, dict] = {}
-    for key, value in spec.items():
-        path = f"{prefix}{key}"
-        value = value or {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"optimizer.params.{path} must be a mapping like {{lr: 0.01}}, got {value!r}")
-        leaf = {k: v for k, v in value.items() if not isinstance(v, dict)}
-        nested = {k: v for k, v in value.items() if isinstance(v, dict)}
-        if leaf or not nested:
-            out.setdefault(path, {}).update(leaf)
-        for sub_path, sub_args in _flatten_groups(nested, path + ".").items():
-            out.setdefault(sub_path, {}).update(sub_args)
-    return out
+class BaseLift3DSystem(BaseSystem):
+    Config = BaseLift3DSystemConfig
 
+    # ----- construction (configure() of a subclass calls these in its own order)
 
-class BaseSystem(ABC):
-    Config = BaseSystemConfig
-    # attribute names whose cells are never saved (frozen models, text embeddings)
-    unsaved_modules: tuple[str, ...] = ("guidance", "prompt_processor")
-
-    def __init__(self, cfg: Any = None, seed: int = 0, resumed: bool = False) -> None:
-        self.cfg = parse_structured(self.Config, cfg, where=type(self).__name__)
-        if self.cfg.scheduler is not None:
-            raise ConfigError("system.scheduler: learning-rate schedulers are not supported; remove the key")
-        check_schedules(list((to_container(self.cfg.loss) or {}).values()))
-        self.seed = int(seed)
-        self.resumed = resumed
-        self.rng = np.random.default_rng(self.seed)
-        self.global_step = 0
-        self.optimizer: Optional[TorchAdam] = None
-        self.configure()
-        self._name_parameters()
-
-    # ----- to implement in a system
-
-    @abstractmethod
     def configure(self) -> None:
-        """Build the cells (as attributes) from self.cfg."""
+        classes = self.find_classes()
+        self.build_3d(classes, self.parse_sub_configs(classes))
+        if self.cfg.use_recompute:
+            self.apply_recompute()
 
-    @abstractmethod
-    def training_step(self, batch: dict, global_step: int) -> dict[str, float]:
-        """One optimisation step (forward, backward, optimizer update); returns float metrics incl. 'loss'."""
-
-    @abstractmethod
-    def validation_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
-        """Images to show for one validation view: name -> (H, W, 3 or 1) float in [0, 1]."""
-
-    @abstractmethod
-    def test_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
-        """One frame of the test orbit: name -> (H, W, 3 or 1) float in [0, 1] (joined side by side)."""
-
-    def export(self, out_dir: str) -> list[str]:
-        """Write exports (meshes) under out_dir; returns the paths written."""
-        return []
-
-    # ----- hooks with defaults
-
-    def on_train_batch_start(self, global_step: int) -> None:
-        """threestudio's `update_step`: modules with update_step(epoch, global_step) get it each step."""
-        for module in self.saved_modules().values():
-            if hasattr(module, "update_step"):
-                module.update_step(0, global_step)
-
-    def on_load_state(self, global_step: int) -> None:
-        """Called after a checkpoint is loaded. No module update here: grids come from the checkpoint,
-        and re-running update_step would change them (the resumed run would diverge)."""
-
-    def extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Additional state outside parameters: (arrays, JSON-able meta)."""
-        return {}, {}
-
-    def load_extra_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        if arrays or meta:
-            raise CheckpointError(f"{type(self).__name__} got extra state it does not know: "
-                                  f"arrays {sorted(arrays)}, meta {sorted(meta)}")
-
-    # ----- provided
-
-    def set_step(self, global_step: int) -> None:
-        self.global_step = int(global_step)
-
-    def C(self, value: Any) -> float:
-        """A scheduled scalar at the current global step."""
-        return schedule_value(value, self.global_step)
-
-    def saved_modules(self) -> dict[str, nn.Cell]:
-        """Cells whose parameters go into checkpoints, by attribute name, in definition order."""
-        return {k: v for k, v in vars(self).items()
-                if isinstance(v, nn.Cell) and not isinstance(v, TorchAdam) and k not in self.unsaved_modules}
-
-    def _name_parameters(self) -> None:
-        seen: set[int] = set()
-        for mod_name, cell in self.saved_modules().items():
-            for path, p in cell.parameters_and_names():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    p.name = f"{mod_name}.{path}"
-
-    def model_parameters(self) -> dict[str, ms.Parameter]:
-        out: dict[str, ms.Parameter] = {}
-        for cell in self.saved_modules().values():
-            for p in cell.get_parameters():
-                out.setdefault(p.name, p)
+    def find_classes(self, extra: tuple[str, ...] = ()) -> dict[str, type]:
+        """{key: registered class} for the 3D modules and `extra` keys, from cfg.<key>_type."""
+        import_lift3d_modules()
+        out = {}
+        for key in MODULES_3D + tuple(extra):
+            name = getattr(self.cfg, f"{key}_type")
+            try:
+                out[key] = registry.find(name)
+            except KeyError as exc:
+                raise ConfigError(f"system.{key}_type: {exc.args[0]}") from None
+        if self.cfg.exporter_type != "mesh-exporter":
+            raise ConfigError(f"system.exporter_type: only 'mesh-exporter' is supported, got {self.cfg.exporter_type!r}")
         return out
 
-    def parameter_groups(self) -> list[dict]:
-        """Optimizer groups from cfg.optimizer.params (dotted paths); all trainable params if absent."""
-        spec = to_container(self.cfg.optimizer) or {}
-        groups_spec = spec.get("params")
-        if not groups_spec:
-            params = [p for p in self.model_parameters().values() if p.requires_grad]
-            return [{"name": "all", "params": params}]
-        groups, owner = [], {}
-        for path, args in _flatten_groups(groups_spec).items():
-            target = get_by_path(self, path)
-            if isinstance(target, nn.Cell):
-                params = unique_params(target.trainable_params())
-            elif isinstance(target, ms.Parameter):
-                params = [target]
-            else:
-                raise ConfigError(f"optimizer.params.{path} is a {type(target).__name__}, not a Cell or Parameter")
-            for p in params:
-                if id(p) in owner:
-                    raise ConfigError(f"parameter {p.name} is in optimizer groups '{owner[id(p)]}' and '{path}'; "
-                                      "list each parameter in one group")
-                owner[id(p)] = path
-            groups.append({"name": path, "params": params, **(args or {})})
-        return groups
+    def parse_sub_configs(self, classes: dict[str, type], raw: Optional[dict] = None) -> dict[str, Any]:
+        """Each module's typed config (cls.Config; unknown keys fail here, naming the section), plus the exporter's.
+        raw: configs to use instead of cfg.<key> (a system that links or adjusts sections)."""
+        from mindspore_impl.lift3d.export.mesh import MeshExportConfig
+        raw = {**{key: to_container(getattr(self.cfg, key)) or {} for key in classes}, **(raw or {})}
+        parsed = {key: parse_structured(cls.Config, raw[key], f"system.{key}") for key, cls in classes.items()}
+        exporter = dict(to_container(self.cfg.exporter) or {})
+        exporter.setdefault("threshold", float(getattr(parsed["geometry"], "isosurface_threshold", 25.0)))
+        parsed["exporter"] = parse_structured(MeshExportConfig, exporter, "system.exporter")
+        return parsed
 
-    def configure_optimizers(self) -> TorchAdam:
-        spec = to_container(self.cfg.optimizer) or {}
-        unknown = sorted(set(spec) - {"name", "args", "params"})
-        if unknown:
-            raise ConfigError(f"system.optimizer: unknown keys {unknown} (allowed: name, args, params)")
-        self.optimizer = build_optimizer(spec.get("name", "AdamW"), self.parameter_groups(), spec.get("args") or {})
-        return self.optimizer
+    def build_3d(self, classes: dict[str, type], sub: dict[str, Any]) -> None:
+        """Geometry, material, background and renderer (which holds the other three)."""
+        self.geometry = classes["geometry"](sub["geometry"])
+        self.material = classes["material"](sub["material"])
+        self.background = classes["background"](sub["background"])
+        self.renderer = classes["renderer"](sub["renderer"], self.geometry, self.material, self.background)
+        self.exporter_cfg = sub["exporter"]
 
-    def make_train_step(self, forward_fn, jit: bool = False, grad_clip: Optional[float] = None):
-        """step(*inputs) -> (loss, aux): value_and_grad of forward_fn (returns (loss, aux)) + optimizer update.
+    def recompute_cells(self) -> list:
+        """Cells that cfg.use_recompute recomputes in the backward pass; systems add their own."""
+        return [self.geometry.encoding, self.geometry.density_network, self.geometry.feature_network]
 
-        With jit=True (implied by --mode graph) the whole step (forward, backward, update) compiles as
-        one graph; inputs must then keep static shapes and dtypes, or each new shape compiles again.
-        """
-        jit = jit or ms.get_context("mode") == ms.GRAPH_MODE
-        if self.optimizer is None:
-            self.configure_optimizers()
-        opt = self.optimizer
-        grad_fn = ms.value_and_grad(forward_fn, None, opt.parameters, has_aux=True)
+    def apply_recompute(self) -> None:
+        for cell in self.recompute_cells():
+            cell.recompute()
 
-        def step(*inputs):
-            (loss, aux), grads = grad_fn(*inputs)
-            if grad_clip is not None:
-                grads = ms.ops.clip_by_global_norm(grads, grad_clip)
-            opt(grads, loss)  # skipped when the loss or a gradient is not finite
-            return loss, aux
+    # ----- host-side draws of a training step (from self.rng)
 
-        return ms.jit(step) if jit else step
+    def draw_background(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(colour (B,3), mask ()) of the random background augmentation (mask 0: no augmentation)."""
+        color = None
+        if hasattr(self.background, "draw_aug"):
+            color = self.background.draw_aug(self.rng, batch_size, training=True)
+        if color is None:
+            return np.zeros((batch_size, 3), np.float32), np.zeros((), np.float32)
+        color = np.broadcast_to(np.asarray(color, np.float32).reshape(-1, 3), (batch_size, 3))
+        return np.ascontiguousarray(color), np.ones((), np.float32)
 
-    def last_update_skipped(self) -> bool:
-        """Whether the optimizer skipped the last update (a non-finite loss or gradient; core/optim.py)."""
-        return self.optimizer is not None and int(self.optimizer.update_skipped.asnumpy()) == 1
+    def light_colors(self, shading: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(ambient, diffuse) (3,) arrays; the material's configured colours stand in for None (same values)."""
+        mcfg = self.material.cfg
+        ambient = shading["ambient_color"]
+        diffuse = shading["diffuse_color"]
+        if ambient is None:
+            ambient = np.asarray(getattr(mcfg, "ambient_light_color", (0.0, 0.0, 0.0)), np.float32)
+        if diffuse is None:
+            diffuse = np.asarray(getattr(mcfg, "diffuse_light_color", (0.0, 0.0, 0.0)), np.float32)
+        return np.asarray(ambient, np.float32), np.asarray(diffuse, np.float32)
 
-    # ----- resume state
+    # ----- evaluation
 
-    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """(arrays, meta): arrays keyed model.* / optimizer.* / extra.*, meta JSON-able."""
-        arrays = {MODEL_PREFIX + k: p.asnumpy() for k, p in self.model_parameters().items()}
-        if self.optimizer is not None:
-            arrays.update({OPTIM_PREFIX + k: v for k, v in self.optimizer.state_arrays().items()})
-        extra_arrays, extra_meta = self.extra_state()
-        arrays.update({EXTRA_PREFIX + k: np.asarray(v) for k, v in extra_arrays.items()})
-        meta = {"rng": self.rng.bit_generator.state, "global_step": self.global_step,
-                "has_optimizer": self.optimizer is not None, "extra": extra_meta}
-        return arrays, meta
+    def render_eval(self, batch: dict) -> dict:
+        """Chunked, deterministic render (no jitter, no augmentation) of an eval batch -> numpy maps."""
+        shading = self.material.draw_shading(self.rng, training=False)  # eval draws no random numbers
+        ambient, diffuse = shading["ambient_color"], shading["diffuse_color"]
+        out = self.renderer.render_chunked(
+            ms.Tensor(np.asarray(batch["rays_o"], np.float32)), ms.Tensor(np.asarray(batch["rays_d"], np.float32)),
+            ms.Tensor(np.asarray(batch["light_positions"], np.float32)), None, None, shading["shading"],
+            None if ambient is None else ms.Tensor(ambient), None if diffuse is None else ms.Tensor(diffuse))
+        return {k: v.asnumpy() for k, v in out.items()}
 
-    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], strict: bool = True) -> None:
-        """Restore what state_dict() returned. Strict: exact key and shape match, nothing loaded otherwise."""
-        model = {k[len(MODEL_PREFIX):]: v for k, v in arrays.items() if k.startswith(MODEL_PREFIX)}
-        optim = {k[len(OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(OPTIM_PREFIX)}
-        extra = {k[len(EXTRA_PREFIX):]: v for k, v in arrays.items() if k.startswith(EXTRA_PREFIX)}
-        params = self.model_parameters()
-        if strict:
-            check_state_dict({k: tuple(p.shape) for k, p in params.items()}, model, "checkpoint (model)")
-        if optim and self.optimizer is None:
-            self.configure_optimizers()
-        opt_params = self.optimizer.state_parameters() if self.optimizer is not None else {}
-        if strict and opt_params:
-            check_state_dict({k: tuple(p.shape) for k, p in opt_params.items()}, optim, "checkpoint (optimizer)")
-        for table, values in ((params, model), (opt_params, optim)):
-            for k, p in table.items():
-                if k in values:
-                    p.set_data(ms.Tensor(np.asarray(values[k]), dtype=p.dtype))
-        self.rng.bit_generator.state = meta["rng"]
-        self.global_step = int(meta.get("global_step", 0))
-        self.load_extra_state(extra, meta.get("extra", {}))
-        self.on_load_state(self.global_step)
+    def eval_images(self, batch: dict) -> dict[str, np.ndarray]:
+        out = self.render_eval(batch)
+        images = {"rgb": np.clip(out["comp_rgb"][0], 0.0, 1.0)}
+        if "comp_normal" in out:
+            images["normal"] = np.clip(out["comp_normal"][0], 0.0, 1.0)
+        images["opacity"] = np.clip(out["opacity"][0], 0.0, 1.0)
+        return images
+
+    def validation_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
+        return self.eval_images(batch)
+
+    def test_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
+        return self.eval_images(batch)
+
+    # ----- export
+
+    def _density_np(self, points: np.ndarray) -> np.ndarray:
+        return self.geometry.forward_density(ms.Tensor(points)).asnumpy()[:, 0]
+
+    def _color_np(self, points: np.ndarray) -> np.ndarray:
+        _, features = self.geometry(ms.Tensor(points))
+        return self.material.export(features)["albedo"].asnumpy()
+
+    def export(self, out_dir: str) -> list[str]:
+        """Marching cubes on the density at the geometry's isosurface threshold, vertex colours from
+        field + material, written as obj/ply/glb (lift3d/export/mesh.py)."""
+        from mindspore_impl.lift3d.export.mesh import export_mesh
+        r = float(self.geometry.cfg.radius)
+        return export_mesh(self._density_np, (-r, -r, -r), (r, r, r), out_dir, color_fn=self._color_np,
+                           cfg=self.exporter_cfg)

@@ -1,11 +1,14 @@
 """The MVDream text-to-3D system ("mvdream-system"): render multiview batches of a NeRF and distil the
 frozen multiview diffusion model into it with score distillation (MVDream-threestudio's MVDreamSystem).
+Geometry, material, background, renderer, evaluation and export come from the 3D base (systems/base.py); this
+system adds what is MVDream's: the prompt processor, the guidance, its loss weights (losses in lift3d/losses.py),
+mixed precision and the deferred (ray-chunked) backward.
 
-One training step (section 4 of the reference):
+One training step (MVDream-threestudio, threestudio/systems/mvdream.py upstream: training_step):
     host:  every random number of the step from self.rng (renderer jitter, background colour
            augmentation, shading mode and light mix, guidance timestep and noises) + text embeddings
     graph: render (B,H,W) -> comp_rgb -> guidance loss_sds -> + regularisers (orient, sparsity, opaque,
-           z_variance) weighted by scheduled lambdas -> value_and_grad -> (clip) -> AdamW update
+           z_variance) weighted by scheduled lambdas -> core/train_step.py (backward, clip, AdamW update)
 The graph part is one function (`forward`) with tensor inputs only, so `--mode graph` compiles the whole
 step once per shading mode; the loss weights enter as a tensor so their schedules never recompile it.
 
@@ -17,8 +20,6 @@ Twin (one training step with the torch_ref modules): torch_ref/lift3d/systems/mv
 from __future__ import annotations
 
 import contextlib
-import inspect
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -26,14 +27,19 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
-from neutral import registry
 from mindspore_impl.core.checkpoint import CheckpointError
-from neutral.config import ConfigError, parse_structured, to_container
+from mindspore_impl.core.train_step import apply_gradients
+from mindspore_impl.lift3d.losses import (REGULARIZERS, composite_background, image_regularizers, lit_pixel_count,
+                                          orient_sum, regularizer_losses)
+from mindspore_impl.lift3d.systems.base import BaseLift3DSystem, BaseLift3DSystemConfig
+from neutral import registry
+from neutral.config import ConfigError, to_container
+from neutral.lift3d.multiview_diffusion_guidance import GuidanceError
+from neutral.lift3d.prompt_processor import PromptError, check_prompt
 from neutral.schedule import parse_schedule
-from mindspore_impl.lift3d.systems.base import BaseSystem, BaseSystemConfig
 
 # loss terms in the order of the loss-weight tensor and of the aux output
-LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance")
+LOSS_TERMS = ("sds",) + REGULARIZERS
 AMP_LEVELS = ("O0", "O2")
 AMP_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
 
@@ -44,30 +50,16 @@ def _default_loss() -> dict:
 
 
 @dataclass
-class MVDreamSystemConfig(BaseSystemConfig):
-    geometry_type: str = "implicit-volume"
-    geometry: dict = field(default_factory=dict)
-    material_type: str = "no-material"
-    material: dict = field(default_factory=dict)
-    background_type: str = "neural-environment-map-background"
-    background: dict = field(default_factory=dict)
-    renderer_type: str = "nerf-volume-renderer"
-    renderer: dict = field(default_factory=dict)
+class MVDreamSystemConfig(BaseLift3DSystemConfig):
     prompt_processor_type: str = "mvdream-prompt-processor"
     prompt_processor: dict = field(default_factory=dict)
     guidance_type: str = "multiview-diffusion-guidance"
     guidance: dict = field(default_factory=dict)
     loss: dict = field(default_factory=_default_loss)
-    # Cell.recompute() on the 3D field and the diffusion model: less activation memory, more compute
-    use_recompute: bool = False
     # O0: everything fp32; O2: the frozen UNet's Dense/Conv weights and math in amp_dtype (norms, VAE,
     # 3D field, losses and optimizer fp32)
     amp_level: str = "O0"
     amp_dtype: str = "float16"
-    # static loss scale for half-precision backward (gradients are divided by it before the update)
-    loss_scale: float = 1.0
-    # clip the global gradient norm of the trained parameters (None: off)
-    grad_clip: Optional[float] = None
     # 0: render, guidance, backward and update in one graph. N > 0: deferred backpropagation over fixed
     # chunks of N rays (render without a graph, d loss / d image through VAE and UNet, then re-render each
     # chunk with gradients): activation memory is bounded at any resolution; the renderer runs twice.
@@ -77,60 +69,6 @@ class MVDreamSystemConfig(BaseSystemConfig):
     # output of a graph alive for the graph's lifetime (the stage-1 UNet forward alone passed 17 GB), while
     # PyNative frees each tensor after its last use; compiled elsewhere.
     guidance_graph: Optional[bool] = None
-    # mesh export (lift3d/export/mesh.py MeshExportConfig); threshold defaults to the geometry's
-    exporter_type: str = "mesh-exporter"
-    exporter: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- losses (in graph)
-
-
-def orient_sum(weights, normal, t_dirs):
-    """sum(sg(w) * clamp(n . d, min=0)^2) over samples: additive over ray chunks."""
-    facing = ops.clamp((normal * t_dirs).sum(axis=-1, keepdims=True), min=0.0)
-    return (ops.stop_gradient(weights) * facing ** 2).sum()
-
-
-def lit_pixel_count(opacity):
-    """count(opacity > 0), at least 1: the orient loss's denominator (no gradient)."""
-    return ops.maximum(ops.stop_gradient((opacity > 0).astype(ms.float32).sum()), 1.0)
-
-
-def orient_loss(weights, normal, t_dirs, opacity):
-    """sum(sg(w) * clamp(n . d, min=0)^2) / count(opacity > 0): normals must not face the camera ray."""
-    return orient_sum(weights, normal, t_dirs) / lit_pixel_count(opacity)
-
-
-def sparsity_loss(opacity):
-    return ops.sqrt(opacity ** 2 + 0.01).mean()
-
-
-def opaque_loss(opacity):
-    """Binary cross entropy of the clamped opacity with itself (pushes opacity to 0 or 1)."""
-    x = ops.clamp(opacity, 1.0e-3, 1.0 - 1.0e-3)
-    return -(x * ops.log(x) + (1.0 - x) * ops.log(1.0 - x)).mean()
-
-
-def z_variance_loss(z_variance, opacity):
-    """Mean z-variance over pixels with opacity > 0.5 (HiFA); a static-shape masked mean (0 if none)."""
-    mask = ops.stop_gradient((opacity > 0.5).astype(z_variance.dtype))
-    return (z_variance * mask).sum() / ops.maximum(mask.sum(), 1.0)
-
-
-def image_regularizers(out: dict, active: tuple) -> list:
-    """[sparsity, opaque, z_variance], the regularisers of per-pixel maps (inactive ones are 0, not computed)."""
-    zero = ops.zeros((), ms.float32)
-    sparsity = sparsity_loss(out["opacity"]) if active[2] else zero
-    opaque = opaque_loss(out["opacity"]) if active[3] else zero
-    z_var = z_variance_loss(out["z_variance"], out["opacity"]) if active[4] else zero
-    return [sparsity, opaque, z_var]
-
-
-def regularizer_losses(out: dict, active: tuple) -> list:
-    """[orient, sparsity, opaque, z_variance] for the active flags (inactive ones are 0, not computed)."""
-    zero = ops.zeros((), ms.float32)
-    orient = orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]) if active[1] else zero
-    return [orient] + image_regularizers(out, active)
 
 
 # per-pixel maps a deferred step keeps between its passes, with their channel counts
@@ -146,24 +84,7 @@ def split_maps(maps) -> dict:
     return out
 
 
-def composite_background(out: dict, bg_color, bg_mask):
-    """comp_rgb with the background replaced by bg_color (B,3) where bg_mask is 1 (random colour augmentation).
-
-    With mask 0 it is exactly the renderer's comp_rgb; one graph serves both cases.
-    """
-    b = out["opacity"].shape[0]
-    color = bg_color.reshape(b, 1, 1, -1)
-    bg = bg_mask * color + (1.0 - bg_mask) * out["comp_rgb_bg"]
-    return out["comp_rgb_fg"] + bg * (1.0 - out["opacity"])
-
-
 # ----------------------------------------------------------------------------- config helpers
-
-
-def config_class(cls: type) -> Optional[type]:
-    """A registered module's config dataclass: cls.Config, else its module's `Config`."""
-    found = getattr(cls, "Config", None) or getattr(sys.modules.get(cls.__module__), "Config", None)
-    return found
 
 
 def ever_nonzero(value: Any) -> bool:
@@ -174,63 +95,37 @@ def ever_nonzero(value: Any) -> bool:
     return ramp[1] != 0.0 or ramp[2] != 0.0
 
 
-def _import_lift3d() -> None:
-    """Import the lift3d subpackages: their modules register their types on import (as launch.py does)."""
-    import importlib
-    import pkgutil
-
-    package = importlib.import_module("mindspore_impl.lift3d")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.ispkg:
-            importlib.import_module(f"mindspore_impl.lift3d.{info.name}")
-
-
 # ----------------------------------------------------------------------------- the system
 
 
 @registry.register("mvdream-system")
-class MVDreamSystem(BaseSystem):
+class MVDreamSystem(BaseLift3DSystem):
     Config = MVDreamSystemConfig
 
     # ----- construction
 
     def configure(self) -> None:
         cfg = self.cfg
-        classes = self._find_classes()
-        sub = self._parse_sub_configs(classes)
+        classes = self.find_classes(("prompt_processor", "guidance"))
+        sub = self.parse_sub_configs(classes, raw=self._linked_configs())
         self.loss_active = self._check_losses(sub)
         self._check_amp()
-        self._check_prompt(sub["prompt_processor"])
+        try:
+            check_prompt(getattr(sub["prompt_processor"], "prompt", None))
+        except PromptError as exc:
+            raise ConfigError(str(exc)) from None
         self._check_checkpoint(classes["guidance"], sub["guidance"])
 
         # text embeddings first: a missing tokenizer is reported before the diffusion model is loaded
         self.prompt_processor, self.prompt_output = self._text_embeddings(classes["prompt_processor"],
                                                                           sub["prompt_processor"])
-        self.geometry = classes["geometry"](sub["geometry"])
-        self.material = classes["material"](sub["material"])
-        self.background = classes["background"](sub["background"])
-        self.renderer = classes["renderer"](sub["renderer"], self.geometry, self.material, self.background)
+        self.build_3d(classes, sub)
         self.guidance = self._build_guidance(classes["guidance"], sub["guidance"])
-        self.exporter_cfg = sub["exporter"]
         if cfg.use_recompute:
-            self._apply_recompute()
+            self.apply_recompute()
         self._steps: dict[str, Any] = {}
         # compaction bucket of the next deferred step: the largest (every sample) until a step has measured
         self._bucket_index = max(0, len(self.renderer.cfg.compaction_buckets) - 1)
-
-    def _find_classes(self) -> dict[str, type]:
-        _import_lift3d()
-        out = {}
-        for key in ("geometry", "material", "background", "renderer", "prompt_processor", "guidance"):
-            name = getattr(self.cfg, f"{key}_type")
-            try:
-                out[key] = registry.find(name)
-            except KeyError as exc:
-                raise ConfigError(f"system.{key}_type: {exc.args[0]}") from None
-        if self.cfg.exporter_type != "mesh-exporter":
-            raise ConfigError("system.exporter_type: only 'mesh-exporter' is supported, "
-                              f"got {self.cfg.exporter_type!r}")
-        return out
 
     def _linked_prompt_config(self) -> dict:
         """The prompt processor reads the text encoder from the guidance's checkpoint unless told otherwise."""
@@ -243,31 +138,23 @@ class MVDreamSystem(BaseSystem):
             pp["prompt"] = ""
         return pp
 
-    def _parse_sub_configs(self, classes: dict) -> dict:
-        """Each module's typed config (unknown keys fail here, naming the section)."""
-        from mindspore_impl.lift3d.export.mesh import MeshExportConfig
-        raw = {key: to_container(getattr(self.cfg, key)) or {} for key in classes}
-        raw["prompt_processor"] = self._linked_prompt_config()
+    def _linked_configs(self) -> dict:
+        """The sections as the modules get them: the prompt processor linked to the guidance's checkpoint, and
+        half-precision UNet weights for O2 float16."""
+        raw = {"prompt_processor": self._linked_prompt_config()}
         if self.cfg.amp_level == "O2" and self.cfg.amp_dtype == "float16":
-            raw["guidance"] = {**raw["guidance"], "half_precision_weights": True}
-        parsed = {}
-        for key, cls in classes.items():
-            conf_cls = config_class(cls)
-            parsed[key] = parse_structured(conf_cls, raw[key], f"system.{key}") if conf_cls else raw[key]
-        exporter = dict(to_container(self.cfg.exporter) or {})
-        exporter.setdefault("threshold", float(getattr(parsed["geometry"], "isosurface_threshold", 25.0)))
-        parsed["exporter"] = parse_structured(MeshExportConfig, exporter, "system.exporter")
-        return parsed
+            raw["guidance"] = {**(to_container(self.cfg.guidance) or {}), "half_precision_weights": True}
+        return raw
 
-    def _check_losses(self, sub: dict) -> tuple:
+    def _check_losses(self, sub: dict) -> dict:
         loss = to_container(self.cfg.loss) or {}
         allowed = [f"lambda_{t}" for t in LOSS_TERMS]
         unknown = sorted(set(loss) - set(allowed))
         if unknown:
             raise ConfigError(f"bad config for system.loss: unknown keys {unknown}. Allowed keys: {', '.join(allowed)}")
         self.loss_weights = {t: loss.get(f"lambda_{t}", 0.0) for t in LOSS_TERMS}
-        active = tuple(ever_nonzero(self.loss_weights[t]) for t in LOSS_TERMS)
-        if active[1] and getattr(sub["geometry"], "normal_type", None) is None:
+        active = {t: ever_nonzero(self.loss_weights[t]) for t in LOSS_TERMS}
+        if active["orient"] and getattr(sub["geometry"], "normal_type", None) is None:
             raise ConfigError("system.loss.lambda_orient > 0 needs normals: set system.geometry.normal_type "
                               "(analytic, finite_difference or finite_difference_laplacian)")
         return active
@@ -277,33 +164,23 @@ class MVDreamSystem(BaseSystem):
             raise ConfigError(f"system.amp_level must be one of {AMP_LEVELS}, got {self.cfg.amp_level!r}")
         if self.cfg.amp_dtype not in AMP_DTYPES:
             raise ConfigError(f"system.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.cfg.amp_dtype!r}")
-        if not self.cfg.loss_scale > 0:
-            raise ConfigError(f"system.loss_scale must be > 0, got {self.cfg.loss_scale}")
         if self.cfg.render_chunk_rays < 0:
             raise ConfigError(f"system.render_chunk_rays must be >= 0 (0: one graph), got {self.cfg.render_chunk_rays}")
 
     @staticmethod
-    def _check_prompt(pp_cfg) -> None:
-        prompt = getattr(pp_cfg, "prompt", None)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f"the prompt is empty ({prompt!r}): pass system.prompt_processor.prompt=\"a red cube\"")
-
-    @staticmethod
     def _check_checkpoint(guidance_cls: type, g_cfg) -> None:
         """The frozen diffusion model must exist before anything is built (download + convert hint)."""
-        module = sys.modules.get(guidance_cls.__module__)
-        check = getattr(module, "check_checkpoint", None)
+        check = getattr(guidance_cls, "check_files", None)
         if check is None:
             return
         try:
             check(g_cfg)
-        except ValueError as exc:
+        except GuidanceError as exc:
             raise CheckpointError(str(exc)) from None
 
     @staticmethod
     def _text_embeddings(cls: type, pp_cfg):
         """(processor, its output); setup problems (tokenizer files) become one-line launch errors."""
-        from neutral.lift3d.prompt_processor import PromptError
         try:
             processor = cls(pp_cfg)
             return processor, processor()
@@ -319,28 +196,11 @@ class MVDreamSystem(BaseSystem):
             guidance.set_weights_dtype(ms.bfloat16)
         return guidance
 
-    def _apply_recompute(self) -> None:
-        """Recompute the field's MLPs/encoding and the diffusion model's cells in the backward pass."""
-        for cell in (self.geometry.encoding, self.geometry.density_network, self.geometry.feature_network,
-                     self.guidance.vae, self.guidance.unet):
-            cell.recompute()
+    def recompute_cells(self) -> list:
+        """The 3D field's cells and the diffusion model's."""
+        return super().recompute_cells() + [self.guidance.vae, self.guidance.unet]
 
     # ----- per-step host work
-
-    def on_train_batch_start(self, global_step: int) -> None:
-        """threestudio's update_step for every module; the occupancy-grid seed comes from self.rng."""
-        for module in (self.geometry, self.material, self.background):
-            if hasattr(module, "update_step"):
-                module.update_step(0, global_step)
-        self.guidance.update_step(global_step)
-        self.renderer.update_step(global_step, int(self.rng.integers(0, 2 ** 31 - 1)))
-
-    def on_load_state(self, global_step: int) -> None:
-        """Step-derived module state (ambient-only shading, timestep range); not the occupancy grid."""
-        for module in (self.geometry, self.material, self.background):
-            if hasattr(module, "update_step"):
-                module.update_step(0, global_step)
-        self.guidance.update_step(global_step)
 
     def extra_state(self):
         """The compaction bucket of the next step, so a resumed run evaluates the same buffers."""
@@ -353,31 +213,6 @@ class MVDreamSystem(BaseSystem):
     def loss_weight_values(self) -> np.ndarray:
         return np.array([float(self.C(self.loss_weights[t])) for t in LOSS_TERMS], np.float32)
 
-    def _light_colors(self, shading: dict) -> tuple[np.ndarray, np.ndarray]:
-        """(ambient, diffuse) (3,) arrays; the material's configured colours stand in for None (same values)."""
-        mcfg = self.material.cfg
-        ambient = shading["ambient_color"]
-        diffuse = shading["diffuse_color"]
-        if ambient is None:
-            ambient = np.asarray(getattr(mcfg, "ambient_light_color", (0.0, 0.0, 0.0)), np.float32)
-        if diffuse is None:
-            diffuse = np.asarray(getattr(mcfg, "diffuse_light_color", (0.0, 0.0, 0.0)), np.float32)
-        return np.asarray(ambient, np.float32), np.asarray(diffuse, np.float32)
-
-    def _draw_background(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(colour (B,3), mask ()) of the random background augmentation (mask 0: no augmentation)."""
-        draw = getattr(self.background, "draw_aug", None)
-        color = None
-        if draw is not None:
-            if "batch_size" in inspect.signature(draw).parameters:
-                color = draw(self.rng, batch_size, training=True)
-            else:
-                color = draw(self.rng, training=True)
-        if color is None:
-            return np.zeros((batch_size, 3), np.float32), np.zeros((), np.float32)
-        color = np.broadcast_to(np.asarray(color, np.float32).reshape(-1, 3), (batch_size, 3))
-        return np.ascontiguousarray(color), np.ones((), np.float32)
-
     def draw_step_inputs(self, batch: dict) -> dict:
         """Every input of one training step as numpy arrays, plus the shading mode (a str).
 
@@ -386,9 +221,9 @@ class MVDreamSystem(BaseSystem):
         rays_o = np.asarray(batch["rays_o"], np.float32)
         b, h, w, _ = rays_o.shape
         jitter = self.rng.random((b, h, w, self.renderer.jitter_samples), dtype=np.float32)
-        bg_color, bg_mask = self._draw_background(b)
+        bg_color, bg_mask = self.draw_background(b)
         shading = self.material.draw_shading(self.rng, training=True)
-        ambient, diffuse = self._light_colors(shading)
+        ambient, diffuse = self.light_colors(shading)
         g = self.guidance.sample_inputs(self.rng, b)
         text = self.prompt_output.get_text_embeddings(
             batch["elevation"], batch["azimuth"], batch.get("camera_distances"),
@@ -421,34 +256,10 @@ class MVDreamSystem(BaseSystem):
     def _step_fn(self, shading: str):
         """The compiled (or PyNative) step for one shading mode, built on first use."""
         if shading not in self._steps:
-            scale = float(self.cfg.loss_scale)
-
             def forward_fn(*inputs):
-                loss, aux = self.forward(shading, *inputs)
-                return loss * scale, aux
-
-            if scale == 1.0:
-                self._steps[shading] = self.make_train_step(forward_fn, grad_clip=self.cfg.grad_clip)
-            else:
-                self._steps[shading] = self._make_scaled_step(forward_fn, scale)
+                return self.forward(shading, *inputs)
+            self._steps[shading] = self.make_train_step(forward_fn)
         return self._steps[shading]
-
-    def _make_scaled_step(self, forward_fn, scale: float):
-        """make_train_step with a static loss scale: gradients of scale*loss, divided back before clip/update."""
-        if self.optimizer is None:
-            self.configure_optimizers()
-        opt, clip = self.optimizer, self.cfg.grad_clip
-        grad_fn = ms.value_and_grad(forward_fn, None, opt.parameters, has_aux=True)
-
-        def step(*inputs):
-            (_, aux), grads = grad_fn(*inputs)
-            grads = tuple(g / scale for g in grads)
-            if clip is not None:
-                grads = ops.clip_by_global_norm(grads, clip)
-            opt(grads, aux[0])  # skipped when the loss or a gradient is not finite
-            return aux[0], aux
-
-        return ms.jit(step) if ms.get_context("mode") == ms.GRAPH_MODE else step
 
     # ----- the step with deferred backpropagation (render_chunk_rays > 0)
 
@@ -460,7 +271,7 @@ class MVDreamSystem(BaseSystem):
         out = self.renderer.render_ray_chunk(rays_o, rays_d, light_positions, jitter, None, shading, ambient_color,
                                              diffuse_color, bucket)
         maps = ops.concat([out[key] for key, _ in DEFERRED_MAPS], -1)
-        if not self.loss_active[1]:
+        if not self.loss_active["orient"]:
             return maps, ops.zeros((), ms.float32), out["occupied"]
         n = rays_o.shape[0]
         weights = (out["weights"].reshape(n, -1) * valid.reshape(n, 1)).reshape(-1, 1)
@@ -539,11 +350,7 @@ class MVDreamSystem(BaseSystem):
             return surrogate * scale, aux
 
         def update(grads, loss):
-            if scale != 1.0:
-                grads = tuple(g / scale for g in grads)
-            if clip is not None:
-                grads = ops.clip_by_global_norm(grads, clip)
-            return opt(grads, loss)  # skipped when the loss or a gradient is not finite
+            return apply_gradients(opt, grads, loss, clip, scale)
 
         self._steps[key] = {
             "rgb": compile_fn(rgb), "encode": guidance_compile(encode),
@@ -667,7 +474,7 @@ class MVDreamSystem(BaseSystem):
             _, aux = self._step_fn(inputs["shading"])(*[ms.Tensor(inputs[k]) for k in self.STEP_INPUTS])
             aux = aux.asnumpy()
         metrics = {"loss": float(aux[0]), **render_metrics}
-        metrics.update({f"loss_{t}": float(aux[1 + i]) for i, t in enumerate(LOSS_TERMS) if self.loss_active[i]})
+        metrics.update({f"loss_{t}": float(aux[1 + i]) for i, t in enumerate(LOSS_TERMS) if self.loss_active[t]})
         metrics["grad_norm_sds"] = float(aux[-1])
         metrics.update({f"lambda_{t}": float(w) for t, w in zip(LOSS_TERMS, inputs["loss_weights"])})
         metrics.update({"t": int(inputs["t"][0]), "min_step": self.guidance.min_step,
@@ -676,46 +483,3 @@ class MVDreamSystem(BaseSystem):
 
     def training_step(self, batch: dict, global_step: int) -> dict[str, float]:
         return self.run_step(self.draw_step_inputs(batch))
-
-    # ----- evaluation
-
-    def render_eval(self, batch: dict) -> dict:
-        """Chunked, deterministic render (no jitter, no augmentation) of an eval batch -> numpy maps."""
-        shading = self.material.draw_shading(self.rng, training=False)  # eval draws no random numbers
-        ambient, diffuse = shading["ambient_color"], shading["diffuse_color"]
-        out = self.renderer.render_chunked(
-            ms.Tensor(np.asarray(batch["rays_o"], np.float32)), ms.Tensor(np.asarray(batch["rays_d"], np.float32)),
-            ms.Tensor(np.asarray(batch["light_positions"], np.float32)), None, None, shading["shading"],
-            None if ambient is None else ms.Tensor(ambient), None if diffuse is None else ms.Tensor(diffuse))
-        return {k: v.asnumpy() for k, v in out.items()}
-
-    def _images(self, batch: dict) -> dict[str, np.ndarray]:
-        out = self.render_eval(batch)
-        images = {"rgb": np.clip(out["comp_rgb"][0], 0.0, 1.0)}
-        if "comp_normal" in out:
-            images["normal"] = np.clip(out["comp_normal"][0], 0.0, 1.0)
-        images["opacity"] = np.clip(out["opacity"][0], 0.0, 1.0)
-        return images
-
-    def validation_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
-        return self._images(batch)
-
-    def test_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
-        return self._images(batch)
-
-    # ----- export
-
-    def _density_np(self, points: np.ndarray) -> np.ndarray:
-        return self.geometry.forward_density(ms.Tensor(points)).asnumpy()[:, 0]
-
-    def _color_np(self, points: np.ndarray) -> np.ndarray:
-        _, features = self.geometry(ms.Tensor(points))
-        return self.material.export(features)["albedo"].asnumpy()
-
-    def export(self, out_dir: str) -> list[str]:
-        """Marching cubes on the density at the geometry's isosurface threshold, vertex colours from
-        field + material, written as obj/ply/glb (lift3d/export/mesh.py)."""
-        from mindspore_impl.lift3d.export.mesh import export_mesh
-        r = float(self.geometry.cfg.radius)
-        return export_mesh(self._density_np, (-r, -r, -r), (r, r, r), out_dir, color_fn=self._color_np,
-                           cfg=self.exporter_cfg)

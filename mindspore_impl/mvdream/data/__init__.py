@@ -1,4 +1,5 @@
-"""Training data for the multiview diffusion model (host-side numpy)."""
+"""Training data for the multiview diffusion model (host-side numpy). Importing the package registers the
+training data module (datamodule.py: "multiview-primitives-datamodule")."""
 from mindspore_impl.mvdream.data.primitives import (  # noqa: F401
     COLORS,
     SHAPES,
@@ -13,3 +14,4 @@ from mindspore_impl.mvdream.data.primitives import (  # noqa: F401
     shape_sdf,
     volume_iou,
 )
+from mindspore_impl.mvdream.data.datamodule import MultiviewDataModule  # noqa: F401,E402

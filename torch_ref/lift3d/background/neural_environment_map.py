@@ -38,7 +38,8 @@ class NeuralEnvironmentMapBackground(nn.Module):
         self.n_output_dims = self.cfg.n_output_dims
         self.network = get_mlp(self.degree ** 2, self.n_output_dims, self.cfg.mlp_network_config)
 
-    def draw_aug(self, rng: np.random.Generator, training: bool = True) -> Optional[np.ndarray]:
+    def draw_aug(self, rng: np.random.Generator, batch_size: int, training: bool = True) -> Optional[np.ndarray]:
+        """Host-side: with probability random_aug_prob one random colour (n,) for all batch_size images."""
         return draw_aug_color(rng, self.cfg, training)
 
     def forward(self, dirs: torch.Tensor, aug_color: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -2,10 +2,13 @@
 
 Same math in the structure of upstream MVDream-threestudio's guidance (x0 mode), with its
 recon_loss=False crash fixed (plain SDS) and SJC added. Config, schedules and the host-side
-helpers come from neutral.lift3d.multiview_diffusion_guidance.py, shared with the MindSpore module.
+helpers come from neutral/lift3d/multiview_diffusion_guidance.py, shared with the MindSpore module.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,7 +60,7 @@ class MultiviewDiffusionGuidance(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def update_step(self, global_step: int, epoch: int = 0, on_load_weights: bool = False) -> None:
+    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> None:
         self.schedule.update(global_step)
         self.grad_clip_val = self.schedule.grad_clip_val
 

@@ -26,7 +26,7 @@ class DiffuseWithPointLightMaterial(nn.Module):
         self.register_buffer("diffuse_light_color", torch.as_tensor(self.cfg.diffuse_light_color, dtype=torch.float32))
         self.ambient_only = False
 
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> None:
         self.ambient_only = global_step < self.cfg.ambient_only_steps
 
     def draw_shading(self, rng: np.random.Generator, training: bool = True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -204,8 +205,13 @@ class NeRFVolumeRenderer(nn.Module):
         return {key: torch.cat(v, dim=0)[:n_rays].reshape(b, h, w, -1) for key, v in pieces.items()}
 
     # ---------------------------------------------------------------- occupancy grid
-    def update_step(self, global_step: int, rng_seed: int) -> bool:
-        """Host-side occupancy update every `occ_update_interval` steps; returns whether it ran."""
+    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> bool:
+        """Host-side occupancy update every `occ_update_interval` steps; returns whether it ran. The update's seed
+        is drawn from rng every step (a fixed number of draws per step); rng None (after a checkpoint load): no
+        update, the grid comes from the checkpoint."""
+        if rng is None:
+            return False
+        rng_seed = int(rng.integers(0, 2 ** 31 - 1))
         if not self.cfg.grid_prune or global_step % self.cfg.occ_update_interval != 0:
             return False
         self.estimator.update(self.geometry.forward_density, self.occ_step_size, rng_seed,

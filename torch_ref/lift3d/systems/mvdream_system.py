@@ -6,9 +6,7 @@ background) and guidance, written the way MVDream-threestudio's training_step co
 loss.backward() and torch.optim.AdamW. The inputs are the numpy dict of MVDreamSystem.draw_step_inputs,
 so both frameworks see the same rays, jitter, colours, timestep and noises.
 
-Two deliberate differences from upstream, shared by both twins: the background augmentation enters as a
-colour and a 0/1 mask (one static graph), and the orient / z_variance denominators are clamped to >= 1
-(upstream divides by zero, giving NaN, when no pixel qualifies).
+The losses are in torch_ref/lift3d/losses.py (with their two deliberate differences from upstream).
 """
 from __future__ import annotations
 
@@ -17,47 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from torch_ref.lift3d.losses import composite_background, regularizer_losses
+
 LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance")
 STEP_INPUTS = ("rays_o", "rays_d", "light_positions", "c2w", "jitter", "bg_color", "bg_mask", "ambient_color",
                "diffuse_color", "text_embeddings", "t", "noise", "vae_noise", "loss_weights")
-
-
-def orient_loss(weights, normal, t_dirs, opacity):
-    count = (opacity > 0).sum().clamp(min=1)
-    return (weights.detach() * (normal * t_dirs).sum(-1, keepdim=True).clamp(min=0.0) ** 2).sum() / count
-
-
-def sparsity_loss(opacity):
-    return (opacity ** 2 + 0.01).sqrt().mean()
-
-
-def binary_cross_entropy(input, target):
-    """threestudio.utils.ops.binary_cross_entropy."""
-    return -(target * torch.log(input) + (1 - target) * torch.log(1 - input)).mean()
-
-
-def opaque_loss(opacity):
-    clamped = opacity.clamp(1.0e-3, 1.0 - 1.0e-3)
-    return binary_cross_entropy(clamped, clamped)
-
-
-def z_variance_loss(z_variance, opacity):
-    mask = (opacity > 0.5).float()
-    return (z_variance * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def regularizer_losses(out: dict, active) -> list:
-    zero = torch.zeros(())
-    return [orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]) if active[1] else zero,
-            sparsity_loss(out["opacity"]) if active[2] else zero,
-            opaque_loss(out["opacity"]) if active[3] else zero,
-            z_variance_loss(out["z_variance"], out["opacity"]) if active[4] else zero]
-
-
-def composite_background(out: dict, bg_color, bg_mask):
-    b = out["opacity"].shape[0]
-    bg = bg_mask * bg_color.reshape(b, 1, 1, -1) + (1.0 - bg_mask) * out["comp_rgb_bg"]
-    return out["comp_rgb_fg"] + bg * (1.0 - out["opacity"])
 
 
 def to_torch(inputs: dict) -> dict:

@@ -1,0 +1,75 @@
+"""The 3D systems' losses on rendered outputs, each a small named function (in graph).
+
+The regularisers of MVDream-threestudio's MVDreamSystem.training_step (threestudio/systems/mvdream.py upstream):
+orient (normals must not face the camera), sparsity, opaque (binary entropy of the opacity) and z_variance (HiFA).
+Two deliberate differences from upstream, shared with the twin: the orient / z_variance denominators are clamped
+to >= 1 (upstream divides by zero, giving NaN, when no pixel qualifies), and the background augmentation enters
+as a colour and a 0/1 mask (one static graph).
+Twin: torch_ref/lift3d/losses.py.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import ops
+
+# the regulariser terms of regularizer_losses, in order (after the guidance's own loss)
+REGULARIZERS = ("orient", "sparsity", "opaque", "z_variance")
+
+
+def orient_sum(weights, normal, t_dirs):
+    """sum(sg(w) * clamp(n . d, min=0)^2) over samples: additive over ray chunks."""
+    facing = ops.clamp((normal * t_dirs).sum(axis=-1, keepdims=True), min=0.0)
+    return (ops.stop_gradient(weights) * facing ** 2).sum()
+
+
+def lit_pixel_count(opacity):
+    """count(opacity > 0), at least 1: the orient loss's denominator (no gradient)."""
+    return ops.maximum(ops.stop_gradient((opacity > 0).astype(ms.float32).sum()), 1.0)
+
+
+def orient_loss(weights, normal, t_dirs, opacity):
+    """sum(sg(w) * clamp(n . d, min=0)^2) / count(opacity > 0): normals must not face the camera ray."""
+    return orient_sum(weights, normal, t_dirs) / lit_pixel_count(opacity)
+
+
+def sparsity_loss(opacity):
+    return ops.sqrt(opacity ** 2 + 0.01).mean()
+
+
+def opaque_loss(opacity):
+    """Binary cross entropy of the clamped opacity with itself (pushes opacity to 0 or 1)."""
+    x = ops.clamp(opacity, 1.0e-3, 1.0 - 1.0e-3)
+    return -(x * ops.log(x) + (1.0 - x) * ops.log(1.0 - x)).mean()
+
+
+def z_variance_loss(z_variance, opacity):
+    """Mean z-variance over pixels with opacity > 0.5 (HiFA); a static-shape masked mean (0 if none)."""
+    mask = ops.stop_gradient((opacity > 0.5).astype(z_variance.dtype))
+    return (z_variance * mask).sum() / ops.maximum(mask.sum(), 1.0)
+
+
+def image_regularizers(out: dict, active: dict) -> list:
+    """[sparsity, opaque, z_variance], the regularisers of per-pixel maps (inactive ones are 0, not computed)."""
+    zero = ops.zeros((), ms.float32)
+    sparsity = sparsity_loss(out["opacity"]) if active["sparsity"] else zero
+    opaque = opaque_loss(out["opacity"]) if active["opaque"] else zero
+    z_var = z_variance_loss(out["z_variance"], out["opacity"]) if active["z_variance"] else zero
+    return [sparsity, opaque, z_var]
+
+
+def regularizer_losses(out: dict, active: dict) -> list:
+    """[orient, sparsity, opaque, z_variance] for the active flags by name (inactive ones are 0, not computed)."""
+    zero = ops.zeros((), ms.float32)
+    orient = orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]) if active["orient"] else zero
+    return [orient] + image_regularizers(out, active)
+
+
+def composite_background(out: dict, bg_color, bg_mask):
+    """comp_rgb with the background replaced by bg_color (B,3) where bg_mask is 1 (random colour augmentation).
+
+    With mask 0 it is exactly the renderer's comp_rgb; one graph serves both cases.
+    """
+    b = out["opacity"].shape[0]
+    color = bg_color.reshape(b, 1, 1, -1)
+    bg = bg_mask * color + (1.0 - bg_mask) * out["comp_rgb_bg"]
+    return out["comp_rgb_fg"] + bg * (1.0 - out["opacity"])

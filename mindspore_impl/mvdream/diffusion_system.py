@@ -1,0 +1,231 @@
+"""Multiview diffusion training (the MVDream recipe) as a system of the project's trainer (core/trainer.py).
+
+    python launch.py --config configs/demo-mvdiffusion.yaml --train      # the shipped demo model
+    python launch.py --config configs/demo-mvdiffusion.yaml --train resume=outputs/<name>/<trial>/ckpts/last.ckpt
+    python launch.py --config configs/demo-mvdiffusion.yaml --export resume=outputs/<name>/<trial>/ckpts/last.ckpt
+
+The model is any original-format MVDream YAML (`system.model_config`: configs/demo-model.yaml,
+configs/sd-v2-base.yaml): UNet + first stage (VAE or pixel space) + text tower, built by loading.py with
+`init_weights` on top (or loaded from `init_checkpoint` to fine-tune). The loss is training.py's
+MultiviewDiffusionLoss (eps-MSE over F views of each object with camera conditioning and classifier-free caption
+dropout); forward, backward, gradient clip, AdamW and the EMA compile as one step (core/train_step.py, the EMA as
+its `after_update`). The data module (mvdream/data/datamodule.py) draws every random number of a step (objects,
+views, timesteps, dropout, noise); this system draws none, so its step is deterministic given the batch.
+
+Checkpoints (core/train_state.py through the trainer): the three models (model.unet.*, model.first_stage.*,
+model.text_encoder.*), the AdamW moments and step, and as extra state the EMA weights (extra.ema.<name>) and the
+smoothed loss. Export (`export(out_dir)` -> out_dir/model.ckpt): the model alone, EMA weights in place of the
+trained ones when ema_decay is set, under the original checkpoint prefixes (neutral/mvdream/checkpoint_layout.py),
+the layout of pretrained/demo/model.ckpt: MVDreamPipeline.from_checkpoint, scripts/t2i.py and the SDS guidance of
+configs/demo.yaml load it strictly. Validation images and the test video show F sampled views (DDIM, current
+weights) of each of the data module's eval prompts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import mindspore as ms
+import numpy as np
+
+from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict, read_params, save_params
+from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
+from mindspore_impl.mvdream import loading
+from mindspore_impl.mvdream.first_stage import latent_shape
+from mindspore_impl.mvdream.schedule import NoiseSchedule
+from mindspore_impl.mvdream.training import (EMA, MultiviewDiffusionLoss, arrays_of, model_parameters, step_inputs,
+                                             training_forward)
+from neutral.config import ConfigError
+from neutral.mvdream.first_stage import downsample_of
+from neutral.mvdream.model_config import load_model_config
+from neutral.mvdream.tokenizer import require_tokenizer
+from neutral.registry import register
+
+EMA_PREFIX = "ema."
+SMOOTHING = 0.98  # loss_smooth = SMOOTHING * loss_smooth + (1 - SMOOTHING) * loss
+
+
+def init_weights(unet, text_encoder, seed: int, token_embedding_std: float = 0.02) -> None:
+    """Upstream-like init on top of MindSpore's (torch-equal) Dense/Conv defaults: the layers the original
+    zero-initialises (UNet out conv, ResBlock out_layers.3, transformer proj_out; bytedance/MVDream
+    mvdream/ldm/modules/diffusionmodules/openaimodel.py and attention.py, `zero_module`) start at 0, and the
+    text tower's embeddings get normal(token_embedding_std) (open_clip: 0.02) / normal(0.01)."""
+    rng = np.random.default_rng(seed)
+    for name, p in unet.parameters_and_names():
+        if name.startswith("out.2.") or ".out_layers.3." in name or ".proj_out." in name:
+            p.set_data(ms.Tensor(np.zeros(p.shape, np.float32), dtype=p.dtype))
+    for name, p in text_encoder.parameters_and_names():
+        if name == "token_embedding.embedding_table":
+            p.set_data(ms.Tensor((token_embedding_std * rng.standard_normal(p.shape)).astype(np.float32)))
+        elif name == "positional_embedding":
+            p.set_data(ms.Tensor((0.01 * rng.standard_normal(p.shape)).astype(np.float32)))
+
+
+def _default_optimizer() -> dict:
+    return {"name": "AdamW", "args": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}}
+
+
+@dataclass
+class MultiviewDiffusionSystemConfig(BaseSystemConfig):
+    optimizer: dict = field(default_factory=_default_optimizer)
+    grad_clip: Optional[float] = 1.0
+    model_config: str = "configs/demo-model.yaml"  # original-format model YAML
+    tokenizer: str = "pretrained/demo/tokenizer"
+    # a converted .ckpt / .safetensors (the three prefixes) to fine-tune from; null: init_weights
+    init_checkpoint: Optional[str] = None
+    num_frames: int = field(default=4, metadata={"min": 1})  # views per object, attended jointly
+    train_text_encoder: bool = True
+    # open_clip's init; a frozen random text tower needs ~1 to tell words apart
+    token_embedding_std: float = field(default=0.02, metadata={"min": 0.0})
+    # EMA of the trained weights (exported in their place); null: off
+    ema_decay: Optional[float] = field(default=None, metadata={"min": 0.0, "max": 1.0})
+    # compile forward + backward + update with ms.jit in either context mode (false: follow --mode)
+    jit: bool = True
+    # validation / test sampling of the eval prompts (DDIM, classifier-free guidance, "" as negative prompt)
+    eval_steps: int = field(default=20, metadata={"min": 1})
+    eval_guidance_scale: float = 5.0
+    eval_elevation: float = 15.0
+    eval_seed: int = 0
+
+
+@register("mvdream-diffusion-system")
+class MultiviewDiffusionSystem(BaseSystem):
+    Config = MultiviewDiffusionSystemConfig
+    # the loss cell holds the three models (saved under their own names); the EMA goes into extra_state
+    unsaved_modules = ("loss_cell", "ema")
+
+    def configure(self) -> None:
+        cfg = self.cfg
+        if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
+            raise ConfigError(f"system.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
+        self.model_params = load_model_config(cfg.model_config)
+        self.tokenizer = require_tokenizer(cfg.tokenizer)
+        ms.set_seed(self.seed)  # the initial weights depend on the seed alone, not on what ran before
+        models = loading.build_models(self.model_params)
+        # attribute order = checkpoint and optimizer order
+        self.unet, self.first_stage, self.text_encoder = models["unet"], models["vae"], models["text_encoder"]
+        init_weights(self.unet, self.text_encoder, self.seed, cfg.token_embedding_std)
+        self._check_tokenizer()
+        if cfg.init_checkpoint:
+            # before the cells are wrapped: loading.py matches Parameter.name, which wrapping prefixes
+            loading.check_checkpoint_file(cfg.init_checkpoint)
+            loading.load_weights(models, read_params(cfg.init_checkpoint),
+                                 f"system.init_checkpoint {cfg.init_checkpoint}")
+        # original-format names (prefix + path inside each model) -> Parameter, for export and the EMA's keys
+        self.named = model_parameters(self.unet, self.first_stage, self.text_encoder)
+        unet_size = int(self.model_params["unet_config"]["params"]["image_size"])
+        self.image_size = unet_size * downsample_of(self.model_params["first_stage_config"])
+        self.latent_shape = latent_shape(self.first_stage, self.image_size)
+        self.loss_cell = MultiviewDiffusionLoss(
+            self.unet, self.first_stage, self.text_encoder, NoiseSchedule.from_config(self.model_params),
+            self.tokenizer([""]), cfg.num_frames, float(self.model_params.get("scale_factor", 0.18215)),
+            cfg.train_text_encoder)
+        for p in self.first_stage.get_parameters():
+            p.requires_grad = False
+        if not cfg.train_text_encoder:
+            for p in self.text_encoder.get_parameters():
+                p.requires_grad = False
+        self.trainable_keys = [k for k, p in self.named.items() if p.requires_grad]
+        self.ema = EMA([self.named[k] for k in self.trainable_keys], cfg.ema_decay) if cfg.ema_decay else None
+        self.loss_smooth: Optional[float] = None
+        self._tokens: dict[str, np.ndarray] = {}
+        self._step = None
+        self._sampler = None
+
+    def _check_tokenizer(self) -> None:
+        arch = self.text_encoder.arch
+        if max(self.tokenizer.sot_id, self.tokenizer.eot_id) >= arch.vocab_size:
+            raise ConfigError(f"system.tokenizer {self.cfg.tokenizer} has ids up to {self.tokenizer.eot_id}, more "
+                              f"than the text encoder's vocab_size {arch.vocab_size}")
+        if arch.context_length != self.tokenizer.context_length:
+            raise ConfigError(f"the text encoder's context_length {arch.context_length} differs from the "
+                              f"tokenizer's ({self.tokenizer.context_length})")
+
+    # ----- training
+
+    def tokens(self, captions: list[str]) -> np.ndarray:
+        for c in captions:
+            if c not in self._tokens:
+                self._tokens[c] = self.tokenizer([c])[0]
+        return np.stack([self._tokens[c] for c in captions]).astype(np.int32)
+
+    def step_tensors(self, batch: dict) -> tuple:
+        """A data-module batch -> the loss cell's inputs; ConfigError when it does not fit this model."""
+        f, n = self.cfg.num_frames, len(batch["captions"])
+        if batch["camera"].shape[0] != n * f or tuple(batch["noise"].shape[1:]) != tuple(self.latent_shape):
+            raise ConfigError(
+                f"the data module's batch ({n} objects, {batch['camera'].shape[0]} views, noise "
+                f"{tuple(batch['noise'].shape[1:])}) does not fit the model ({f} views per object, latents "
+                f"{tuple(self.latent_shape)}): set data.num_frames and data.model_config to system.num_frames "
+                f"and system.model_config")
+        return step_inputs({**batch, "tokens": self.tokens(batch["captions"])})
+
+    def training_step(self, batch: dict, global_step: int) -> dict[str, Any]:
+        if self._step is None:
+            self._step = self.make_train_step(training_forward(self.loss_cell), jit=True if self.cfg.jit else None,
+                                              after_update=self.ema)
+        loss, _ = self._step(*self.step_tensors(batch))
+        value = float(loss.asnumpy())
+        if np.isfinite(value):
+            self.loss_smooth = value if self.loss_smooth is None else \
+                SMOOTHING * self.loss_smooth + (1.0 - SMOOTHING) * value
+        return {"loss": value, "loss_smooth": self.loss_smooth if self.loss_smooth is not None else value}
+
+    # ----- evaluation: F sampled views of a prompt, side by side
+
+    def sample_views(self, prompt: str, index: int) -> np.ndarray:
+        """uint8 (F, H, W, 3): DDIM samples of `prompt` with the current (not EMA) weights."""
+        if self._sampler is None:
+            from mindspore_impl.mvdream.pipeline import MVDreamPipeline
+            self._sampler = MVDreamPipeline(self.unet, self.first_stage, self.text_encoder, self.tokenizer,
+                                            self.model_params)
+        cfg = self.cfg
+        return self._sampler(prompt, num_frames=cfg.num_frames, steps=cfg.eval_steps, scale=cfg.eval_guidance_scale,
+                             elevation=cfg.eval_elevation, seed=cfg.eval_seed + index, height=self.image_size,
+                             width=self.image_size)
+
+    def validation_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
+        views = self.sample_views(batch["prompt"], index)
+        return {f"view{i}": v.astype(np.float32) / 255.0 for i, v in enumerate(views)}
+
+    def test_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
+        return self.validation_step(batch, index)
+
+    # ----- export and state
+
+    def export_arrays(self) -> dict[str, np.ndarray]:
+        """The model alone under the original prefixes; EMA weights in place of the trained ones when on."""
+        out = arrays_of(self.named)
+        if self.ema is not None:
+            out.update({k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)})
+        return out
+
+    def export(self, out_dir: str) -> list[str]:
+        path = os.path.join(out_dir, "model.ckpt")
+        save_params(self.export_arrays(), path)
+        return [path]
+
+    def extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {}
+        if self.ema is not None:
+            arrays = {EMA_PREFIX + k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)}
+        return arrays, {"loss_smooth": self.loss_smooth}
+
+    def load_extra_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        ema = {k[len(EMA_PREFIX):]: v for k, v in arrays.items() if k.startswith(EMA_PREFIX)}
+        others = sorted(set(arrays) - {EMA_PREFIX + k for k in ema})
+        if others:
+            raise CheckpointError(f"checkpoint has extra arrays this system does not know: {others[:10]}")
+        if self.ema is None:
+            if ema:
+                raise CheckpointError("the checkpoint holds EMA weights but system.ema_decay is null; set it to "
+                                      "continue that run")
+        else:
+            if not ema:
+                raise CheckpointError("the checkpoint holds no EMA weights but system.ema_decay is set")
+            shadow = dict(zip(self.trainable_keys, self.ema.shadow))
+            check_state_dict({k: tuple(p.shape) for k, p in shadow.items()}, ema, "checkpoint (EMA)")
+            for k, p in shadow.items():
+                p.set_data(ms.Tensor(np.asarray(ema[k]), dtype=p.dtype))
+        self.loss_smooth = meta.get("loss_smooth")

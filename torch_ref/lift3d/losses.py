@@ -1,0 +1,45 @@
+"""PyTorch twin of mindspore_impl/lift3d/losses.py, written the way MVDream-threestudio's training_step computes
+the regularisers (threestudio/systems/mvdream.py upstream), with the same two deliberate differences: clamped
+denominators and the background augmentation as a colour and a 0/1 mask."""
+from __future__ import annotations
+
+import torch
+
+
+def orient_loss(weights, normal, t_dirs, opacity):
+    count = (opacity > 0).sum().clamp(min=1)
+    return (weights.detach() * (normal * t_dirs).sum(-1, keepdim=True).clamp(min=0.0) ** 2).sum() / count
+
+
+def sparsity_loss(opacity):
+    return (opacity ** 2 + 0.01).sqrt().mean()
+
+
+def binary_cross_entropy(input, target):
+    """threestudio.utils.ops.binary_cross_entropy."""
+    return -(target * torch.log(input) + (1 - target) * torch.log(1 - input)).mean()
+
+
+def opaque_loss(opacity):
+    clamped = opacity.clamp(1.0e-3, 1.0 - 1.0e-3)
+    return binary_cross_entropy(clamped, clamped)
+
+
+def z_variance_loss(z_variance, opacity):
+    mask = (opacity > 0.5).float()
+    return (z_variance * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def regularizer_losses(out: dict, active: dict) -> list:
+    """[orient, sparsity, opaque, z_variance] for the active flags by name (inactive ones are 0)."""
+    zero = torch.zeros(())
+    return [orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]) if active["orient"] else zero,
+            sparsity_loss(out["opacity"]) if active["sparsity"] else zero,
+            opaque_loss(out["opacity"]) if active["opaque"] else zero,
+            z_variance_loss(out["z_variance"], out["opacity"]) if active["z_variance"] else zero]
+
+
+def composite_background(out: dict, bg_color, bg_mask):
+    b = out["opacity"].shape[0]
+    bg = bg_mask * bg_color.reshape(b, 1, 1, -1) + (1.0 - bg_mask) * out["comp_rgb_bg"]
+    return out["comp_rgb_fg"] + bg * (1.0 - out["opacity"])
