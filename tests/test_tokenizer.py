@@ -1,8 +1,19 @@
 """CLIP BPE tokenizer from local files: exact ids on a tiny hand-made vocabulary (no downloads),
-padding / truncation, both file layouts, and the missing-file errors."""
+padding / truncation, both file layouts, the missing-file errors, and the ids of open_clip's own tokenizer
+for 67 varied prompts (curly quotes, mojibake, full-width letters, HTML entities, odd whitespace, accents,
+emoji, CJK, long and empty texts).
+
+The open_clip ids are pinned in tests/fixtures/tokenizer_openclip_ids.json, with the part of open_clip's
+vocabulary they use in tests/fixtures/tokenizer_openclip_vocab/, both written once by open_clip 2.7.0
+(MVDream's pin) with tests/fixtures/tokenizer_openclip_make.py; its docstring says how to regenerate them.
+So that comparison runs everywhere. Where open_clip is installed (`pip install --no-deps open_clip_torch`),
+test_same_ids_as_live_open_clip also compares against it directly, on its full vocabulary.
+"""
 import gzip
+import importlib.util
 import json
 import os
+import random
 
 import numpy as np
 import pytest
@@ -106,3 +117,80 @@ def test_vocabulary_without_clip_specials_is_refused(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"no <\|startoftext\|> token"):
         load_tokenizer(str(tmp_path))
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+SOT_ID_CLIP, EOT_ID_CLIP = 49406, 49407  # open_clip's <start_of_text>, <end_of_text>
+
+
+def _pinned_cases() -> list[dict]:
+    with open(os.path.join(FIXTURES, "tokenizer_openclip_ids.json"), encoding="utf-8") as f:
+        return json.load(f)["cases"]
+
+
+def _padded(ids: list[int], context_length: int = 77) -> list[int]:
+    return ids + [0] * (context_length - len(ids))
+
+
+def test_same_ids_as_open_clip_pinned():
+    cases = _pinned_cases()
+    assert len(cases) >= 40
+    tok = load_tokenizer(os.path.join(FIXTURES, "tokenizer_openclip_vocab"))
+    ours = tok([c["text"] for c in cases], warn=False)
+    differ = [c["text"] for c, row in zip(cases, ours) if row.tolist() != _padded(c["ids"])]
+    print(f"[tokenizer] {len(cases) - len(differ)}/{len(cases)} prompts give open_clip's ids")
+    assert not differ, f"{len(differ)} of {len(cases)} prompts give other ids than open_clip: {differ!r}"
+    # the cases really cover cutting at 77 (<|endoftext|> last) and the empty text
+    assert sum(len(c["ids"]) == 77 and c["ids"][-1] == EOT_ID_CLIP for c in cases) >= 4
+    assert [SOT_ID_CLIP, EOT_ID_CLIP] in [c["ids"] for c in cases]
+
+
+def _random_texts(n: int, seed: int = 0) -> list[str]:
+    """Seeded texts mixing the character kinds cleaning and splitting treat differently."""
+    rng = random.Random(seed)
+    pools = ["abcxyz ABC", "0123456789", " \t\n\u00a0\u3000\u200b", "'\"!?.,-_<>|&;#:()[]{}",
+             "\u2019\u201c\u201d\u00e9\u00c3\u00a9\u00e2\u20ac\u2122", "\uff43\uff41\uff54\ufb01",
+             "\u4e00\u732b\u306e\ud55c", "\U0001f436\u200d\U0001f680\ufe0f", "&amp;&lt;&#39;&quot;&nbsp;&#x263a;",
+             "\u017f\u212a\u0345\u0130\u03a3\u00df", "<start_of_text><end_of_text><|endoftext|>",
+             "'s 're 'll 'd 'm 've 't", "\x00\x07\x1c\x1f\x7f\x85\ufeff"]
+    texts = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(0, 14)):
+            if rng.random() < 0.15:  # any character of the first three planes
+                parts.append("".join(chr(rng.choice([rng.randint(0x20, 0xd7ff), rng.randint(0xe000, 0x2ffff)]))
+                                     for _ in range(rng.randint(1, 3))))
+            else:
+                pool = rng.choice(pools)
+                parts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 8))))
+        texts.append("".join(parts))
+    return texts
+
+
+def _live_open_clip():
+    """open_clip's tokenizer module, loaded by file path: `import open_clip` runs its __init__.py, which
+    imports torchvision (not a dependency here). Skips when open_clip or what its tokenizer imports is missing."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_clip is not installed (optional: pip install --no-deps open_clip_torch); "
+                    "test_same_ids_as_open_clip_pinned compares against its pinned ids instead")
+    path = os.path.join(spec.submodule_search_locations[0], "tokenizer.py")
+    mod_spec = importlib.util.spec_from_file_location("open_clip_tokenizer_live", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except ImportError as exc:
+        pytest.skip(f"open_clip's tokenizer cannot be imported here: {exc}")
+    return module
+
+
+def test_same_ids_as_live_open_clip():
+    oc = _live_open_clip()
+    bpe = os.path.join(os.path.dirname(oc.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    tok = load_tokenizer(bpe)  # the very vocabulary open_clip reads
+    texts = [c["text"] for c in _pinned_cases()] + _random_texts(400)
+    ours = tok(texts, warn=False)
+    ref = oc.tokenize(texts, context_length=77).numpy()
+    differ = [t for t, a, b in zip(texts, ours, ref) if a.tolist() != b.tolist()]
+    print(f"[tokenizer] {len(texts) - len(differ)}/{len(texts)} texts give open_clip's ids (live)")
+    assert not differ, f"{len(differ)} of {len(texts)} texts give other ids than open_clip: {differ[:5]!r}"

@@ -481,6 +481,7 @@ def test_long_prompt_warns_once_naming_the_cut_words(capsys, tmp_path, tiny):
     from neutral.mvdream.tokenizer import load_tokenizer
     prompt = "a red cube " + "on a table " * 25 + "with zebra stripes"  # tiny vocabulary: many tokens per word
     cfg = _processor_cfg(tiny, tiny["tokenizer"], tmp_path / "cache", prompt=prompt, view_dependent_prompting=True)
+    cfg["negative_prompt"] = "blurry"  # the default one is cut too with the tiny vocabulary (warned once per process)
     capsys.readouterr()
     proc = PromptProcessor(cfg)
     proc()

@@ -1,13 +1,17 @@
-"""CLIP BPE tokenizer (OpenCLIP / SD 2.1) on the `tokenizers` library, from local files only.
+"""CLIP BPE tokenizer (OpenCLIP / SD 2.1) from local files only, giving open_clip's ids for any text.
 
     tok = load_tokenizer("path/to/stable-diffusion-2-1-base/tokenizer")   # vocab.json + merges.txt
     tok = load_tokenizer("bpe_simple_vocab_16e6.txt.gz")                    # open_clip's merges file
     ids = tok(["a cat", "a dog"])   # np.int32 [2, 77]: <|startoftext|> ... <|endoftext|> 0 0 ...
 
-Text is cleaned as CLIP does (HTML unescape, whitespace collapsed, lower case, NFC), split by
-CLIP's regex, byte-level mapped and BPE-merged with the "</w>" end-of-word suffix. Sequences
-longer than the context are cut and end with <|endoftext|> at the last position (open_clip
-`tokenize`); shorter ones are padded with id 0 (open_clip; SD 2.1's HF tokenizer pads with "!" = 0).
+The steps are those of open_clip's SimpleTokenizer (mlfoundations/open_clip, src/open_clip/tokenizer.py;
+MVDream pins open-clip-torch==2.7.0 in bytedance/MVDream requirements.txt): `basic_clean` (ftfy.fix_text,
+html.unescape twice, strip), `whitespace_clean`, lower case, its regex split (the `regex` module with
+IGNORECASE, open_clip's special token names first), byte-level mapping, BPE with the "</w>" end-of-word
+suffix. The `tokenizers` library only runs the BPE merges. Sequences longer than the context are cut
+and end with <|endoftext|> at the last position (open_clip `tokenize`); shorter ones are padded with
+id 0 (open_clip; SD 2.1's HF tokenizer pads with "!" = 0). tests/test_tokenizer.py checks the ids against
+open_clip's own (tests/fixtures/tokenizer_openclip_ids.json).
 A text that is cut is reported once per process on stderr, naming the words dropped (`truncation`).
 `tokenizer_files` / `tokenizer_identity` name the files a tokenizer is read from and hash their contents
 (the text-embedding cache key includes it).
@@ -18,11 +22,12 @@ import gzip
 import html
 import json
 import os
-import re
 import sys
 from typing import Iterable, Optional, Union
 
+import ftfy
 import numpy as np
+import regex
 
 from neutral.errors import MissingFileError
 
@@ -34,6 +39,12 @@ TOKENIZER_HINT = (
     "https://huggingface.co/stabilityai/stable-diffusion-2-1-base; download that folder and pass its path.")
 NUM_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges (vocab 49408 with bytes and specials)
 SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# open_clip names its start/end tokens so and puts the names first in its split regex: a text holding
+# "<start_of_text>" gets the start id there, while "<|startoftext|>" in a text is ordinary text.
+OPENCLIP_SPECIALS = ("<start_of_text>", "<end_of_text>")
+# the `regex` module, not `re` (no \p{..}) nor the tokenizers library's Oniguruma (older Unicode tables,
+# other case folding under IGNORECASE): only the same engine and flags split every text as open_clip does
+_SPLIT = regex.compile("|".join(OPENCLIP_SPECIALS) + "|" + SPLIT_PATTERN, regex.IGNORECASE)
 WHERE_TO_GET = ("Get vocab.json and merges.txt from the 'tokenizer' folder of "
                 "https://huggingface.co/stabilityai/stable-diffusion-2-1-base, or open_clip's "
                 f"{OPENCLIP_FILE} (github.com/mlfoundations/open_clip, src/open_clip/), and pass the local path.")
@@ -52,15 +63,14 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+_BYTE_TO_CHAR = bytes_to_unicode()
+
+
 def clean_text(text: str) -> str:
-    """open_clip basic_clean + whitespace_clean + lower (ftfy.fix_text when installed)."""
-    try:
-        import ftfy
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
-    text = html.unescape(html.unescape(text)).strip()
-    return re.sub(r"\s+", " ", text).strip().lower()
+    """open_clip's basic_clean, whitespace_clean and lower(): ftfy repairs mojibake, curly quotes,
+    full-width letters and control characters; HTML entities are unescaped twice (as open_clip does)."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return regex.sub(r"\s+", " ", text).strip().lower()
 
 
 def _parse_merges(lines: list[str], source: str) -> list[tuple[str, str]]:
@@ -115,10 +125,16 @@ def tokenizer_files(path: str) -> tuple[str, ...]:
     return _resolve_files(path)
 
 
+# Hashed into tokenizer_identity: change it when the same files give other ids for some text. Text
+# embeddings cached before ftfy and open_clip's split were always applied are then computed afresh.
+TEXT_RULES = "open_clip SimpleTokenizer: ftfy, html.unescape x2, regex split with special names"
+
+
 def tokenizer_identity(path: str) -> str:
-    """sha256 over the contents of the tokenizer's files (what the text-embedding cache is keyed on)."""
+    """sha256 over the tokenizer's text rules and the contents of its files (what the text-embedding cache
+    is keyed on)."""
     import hashlib
-    h = hashlib.sha256()
+    h = hashlib.sha256(TEXT_RULES.encode() + b"\0")
     for f in tokenizer_files(path):
         with open(f, "rb") as fh:
             h.update(os.path.basename(f).encode() + b"\0" + fh.read() + b"\0")
@@ -143,7 +159,7 @@ class CLIPTokenizer:
     """Callable: str or list of str -> np.int32 [B, context_length]."""
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], context_length: int = 77):
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+        from tokenizers import Tokenizer, decoders
         from tokenizers.models import BPE
         for special in (SOT, EOT):
             if special not in vocab:
@@ -151,30 +167,40 @@ class CLIPTokenizer:
         self.sot_id, self.eot_id = vocab[SOT], vocab[EOT]
         self.pad_id = 0
         self.context_length = context_length
-        tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                            end_of_word_suffix="</w>", fuse_unk=False, unk_token=EOT))
-        tok.normalizer = normalizers.Sequence(
-            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ])
+        self._specials = dict(zip(OPENCLIP_SPECIALS, (self.sot_id, self.eot_id)))
+        self._bpe = BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                        end_of_word_suffix="</w>", fuse_unk=False, unk_token=EOT)
+        tok = Tokenizer(self._bpe)  # only for decode()
         tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens([AddedToken(SOT, special=True), AddedToken(EOT, special=True)])
         self._tok = tok
+
+    def _encode(self, cleaned: str) -> tuple[list[int], list[int]]:
+        """(ids, start of each id's split piece in `cleaned`) of a cleaned text."""
+        ids, starts = [], []
+        for m in _SPLIT.finditer(cleaned):
+            piece = m.group()
+            special = self._specials.get(piece)
+            if special is not None:
+                piece_ids = [special]
+            else:  # one piece is one BPE word: "</w>" goes on its last byte
+                chars = "".join(_BYTE_TO_CHAR[b] for b in piece.encode("utf-8"))
+                piece_ids = [t.id for t in self._bpe.tokenize(chars)]
+            ids += piece_ids
+            starts += [m.start()] * len(piece_ids)
+        return ids, starts
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, without start/end tokens and without truncation."""
-        return self._tok.encode(clean_text(text), add_special_tokens=False).ids
+        return self._encode(clean_text(text))[0]
 
     def truncation(self, text: str) -> Optional[str]:
         """The part of `text` (cleaned, from the first dropped token on) that does not fit the context, or None."""
         cleaned = clean_text(text)
-        enc = self._tok.encode(cleaned, add_special_tokens=False)
+        ids, starts = self._encode(cleaned)
         keep = self.context_length - 2  # <|startoftext|> ... <|endoftext|>
-        if len(enc.ids) <= keep:
+        if len(ids) <= keep:
             return None
-        start = enc.offsets[keep][0]
+        start = starts[keep]
         word_start = cleaned.rfind(" ", 0, start) + 1  # a word cut in the middle: name the whole word
         return cleaned[word_start:]
 
