@@ -77,10 +77,13 @@ def run(args) -> int:
     check_args(args)
     from mindspore_impl.core.device import check_device
     check_device(args.device)
-    from mindspore_impl.mvdream.pipeline import check_sampling_args, image_multiple
+    from mindspore_impl.mvdream.pipeline import check_dtype, check_sampling_args, image_multiple
     from neutral.mvdream.model_config import load_model_config
 
-    multiple = image_multiple(load_model_config(args.config))
+    model_params = load_model_config(args.config)
+    multiple = image_multiple(model_params)
+    # the UNet dtype this device runs (core/device.py check_precision), before anything is loaded
+    check_dtype("fp16" if args.fp16 else "fp32", model_params, device=args.device, setting="--fp16")
     check_sampling_args(multiple, args.num_frames, args.steps, args.scale, args.size, args.size, args.eta,
                         prefix="--")
 

@@ -61,6 +61,73 @@ def setup(device: str = "CPU", mode: str = "pynative", seed: int | None = None) 
         ms.set_seed(seed)
 
 
+def current_device() -> str:
+    """The device target MindSpore runs on now (CPU, Ascend or GPU): the one device check the fast paths
+    and the precision rule read (tests mock it)."""
+    return ms.get_context("device_target")
+
+
 def is_ascend() -> bool:
     """True when MindSpore targets an Ascend NPU (gates the Ascend-only fast paths)."""
-    return ms.get_context("device_target") == "Ascend"
+    return current_device() == "Ascend"
+
+
+# Ascend chips without bfloat16 cube units and without the FlashAttentionScore kernel: Atlas training series
+# (Ascend 910, "ascend910") and Atlas inference series (310P). The kernel is documented for Atlas A2 only
+# (mindspore.ops.flash_attention_score, "Only support on Atlas A2 training series"); later chips
+# ("ascend910b" = A2, "ascend910_93" = A3, ...) have both.
+ASCEND_SOCS_WITHOUT_BF16_OR_FLASH = ("ascend910", "ascend310p")
+
+
+def ascend_soc() -> str:
+    """MindSpore's Ascend SoC version ('ascend910b', 'ascend910_93', ...); '' off Ascend or when unknown.
+    The same query mindspore/amp.py uses to tell Atlas A2 from the first Ascend 910."""
+    try:
+        from mindspore._c_expression import MSContext  # noqa: PLC0415 (no public accessor in 2.7)
+        return str(MSContext.get_instance().get_ascend_soc_version() or "").lower()
+    except Exception:  # pragma: no cover (older/newer MindSpore without it)
+        return ""
+
+
+class PrecisionError(DeviceError):
+    """A low-precision setting the device cannot run (found before any model is built)."""
+
+
+_PRECISION_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+                    "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def check_precision(dtype: str, device: str | None = None, setting: str | None = None,
+                    instead: str = "float16 (or float32)") -> str:
+    """The device-support rule for the dtype of model weights and math, in one place; returns the canonical
+    name (float32, float16, bfloat16) or raises PrecisionError (one line: the setting, the device, what to
+    use instead).
+
+    - float32 and float16 are allowed everywhere. Measured on CPU (MindSpore 2.7.2): the tiny UNet with float16
+      Dense/Conv weights runs forward, the SDS loss and the backward through the VAE in PyNative and GRAPH.
+    - bfloat16 runs on Ascend only: "bfloat16 Datatype Support Status" (mindspore/docs repository,
+      docs/mindspore/source_en/api_python/bfloat16_support.md) says only the Ascend backend has bfloat16
+      operators, and on CPU the UNet's first MatMul fails kernel selection mid-run ("Select CPU
+      operator[MatMul] fail! Unsupported data type", measured in PyNative and GRAPH). On Ascend it needs
+      Atlas A2 or later (not the first Ascend 910, nor 310P: ASCEND_SOCS_WITHOUT_BF16_OR_FLASH).
+    Tests: tests/test_device_paths.py.
+
+    device: CPU / Ascend / GPU; None reads the current target (call after setup()).
+    setting: how the user asked for it, e.g. "system.amp_dtype=bfloat16"; instead: the alternative to name.
+    """
+    name = _PRECISION_NAMES.get(str(dtype).lower())
+    what = setting or f"dtype {dtype}"
+    if name is None:
+        raise PrecisionError(f"{what}: unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
+    device = device or current_device()
+    if name != "bfloat16":
+        return name
+    if device != "Ascend":
+        raise PrecisionError(f"{what}: bfloat16 does not run on {device} (MindSpore {ms.__version__} has "
+                             f"bfloat16 kernels on Ascend only); use {instead} on {device}, or bfloat16 with "
+                             f"--device Ascend")
+    soc = ascend_soc()
+    if soc in ASCEND_SOCS_WITHOUT_BF16_OR_FLASH:
+        raise PrecisionError(f"{what}: bfloat16 does not run on this Ascend chip ({soc}; it needs Atlas A2 "
+                             f"or later); use {instead}")
+    return name

@@ -2,24 +2,44 @@
 
 The only MVDream change to SD's SpatialTransformer: the self-attention of every block runs jointly
 over the `num_frames` views of one object, (b f) l c -> b (f l) c.
-The attention kernel is chosen in one place, `attention_backend`.
+The attention kernel is chosen in one place: `attention_backend` when a layer is built (device, chip,
+head shape), `flash_fits` per call (batch and sequence lengths); tests/test_device_paths.py covers both.
 """
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindspore_impl.core.device import is_ascend
+from mindspore_impl.core import device
 from mindspore_impl.mvdream.nn_util import LayerNorm32, conv2d, dense, transformer_norm
 from neutral.mvdream.unet import transformer_dims
 
+# Limits of Ascend FlashAttentionScore, from the docstring of mindspore.ops.flash_attention_score
+# (mindspore repository, mindspore/python/mindspore/ops/operations/manually_defined/ops_def.py; the same text
+# on the MindSpore 2.7 API page): B 1..2k, S1/S2 1..512k, N1 1..256, D a multiple of 16 up to 512, query/key/
+# value float16 or bfloat16, "Only support on Atlas A2 training series".
+FLASH_MAX_BATCH = 2 * 1024
+FLASH_MAX_SEQ = 512 * 1024
+FLASH_MAX_HEADS = 256
+FLASH_MAX_HEAD_DIM = 512
 
-def attention_backend(head_dim: int) -> str:
-    """'flash' (Ascend FlashAttentionScore) where the device and head size allow it, else 'math'.
 
-    Decided when a layer is built, so call mindspore_impl.core.device.setup() before building models.
+def attention_backend(head_dim: int, heads: int = 1) -> str:
+    """'flash' (Ascend FlashAttentionScore) where the device, chip and head shape allow it, else 'math'.
+
+    Decided when a layer is built (call mindspore_impl.core.device.setup() first): on Ascend (not the first
+    Ascend 910 nor 310P, which lack the kernel), head size a multiple of 16 in [16, 512], 1..256 heads.
+    The batch and sequence limits are checked per call (`flash_fits`); CPU and GPU always use 'math'.
     """
-    if is_ascend() and head_dim % 16 == 0 and head_dim <= 256:
-        return "flash"
-    return "math"
+    if not device.is_ascend() or device.ascend_soc() in device.ASCEND_SOCS_WITHOUT_BF16_OR_FLASH:
+        return "math"
+    if head_dim % 16 or not 16 <= head_dim <= FLASH_MAX_HEAD_DIM or not 1 <= heads <= FLASH_MAX_HEADS:
+        return "math"
+    return "flash"
+
+
+def flash_fits(batch: int, q_len: int, kv_len: int) -> bool:
+    """The per-call shape limits of FlashAttentionScore (BSH layout); plain int comparisons, so GRAPH mode
+    folds them to a constant for each compiled shape."""
+    return 1 <= batch <= FLASH_MAX_BATCH and 1 <= q_len <= FLASH_MAX_SEQ and 1 <= kv_len <= FLASH_MAX_SEQ
 
 
 def math_attention(q, k, v, heads: int, scale: float):
@@ -37,7 +57,8 @@ def math_attention(q, k, v, heads: int, scale: float):
 
 
 def flash_attention(q, k, v, heads: int, scale: float):
-    """Ascend fused kernel (fp16/bf16 inputs, fp32 softmax inside); same contract as math_attention."""
+    """Ascend fused kernel, same contract as math_attention. The kernel takes float16 / bfloat16 only, so
+    float32 inputs (an fp32 UNet) go in as float16 and the output is cast back."""
     dtype = q.dtype if q.dtype in (ms.float16, ms.bfloat16) else ms.float16
     out = ops.flash_attention_score(q.astype(dtype), k.astype(dtype), v.astype(dtype), heads,
                                     scalar_value=scale, input_layout="BSH")
@@ -51,7 +72,7 @@ class CrossAttention(nn.Cell):
         context_dim = query_dim if context_dim is None else context_dim
         self.scale = dim_head ** -0.5
         self.heads = heads
-        self.backend = attention_backend(dim_head)
+        self.backend = attention_backend(dim_head, heads)
         self.to_q = dense(query_dim, inner_dim, bias=False)
         self.to_k = dense(context_dim, inner_dim, bias=False)
         self.to_v = dense(context_dim, inner_dim, bias=False)
@@ -61,7 +82,7 @@ class CrossAttention(nn.Cell):
         if context is None:
             context = x
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        if self.backend == "flash":
+        if self.backend == "flash" and flash_fits(q.shape[0], q.shape[1], k.shape[1]):
             out = flash_attention(q, k, v, self.heads, self.scale)
         else:
             out = math_attention(q, k, v, self.heads, self.scale)

@@ -28,7 +28,28 @@ _DTYPES = {"fp32": ms.float32, "float32": ms.float32, "fp16": ms.float16, "float
 
 def _check_dtype(dtype: str) -> None:
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be fp32 or fp16, got {dtype!r}")
+        raise SamplingError(f"dtype must be fp32 or fp16, got {dtype!r}")
+
+
+def check_dtype(dtype: str, model_params: Optional[dict] = None, device: Optional[str] = None,
+                setting: Optional[str] = None) -> str:
+    """Before any model is built: a known dtype name, no clash with the model YAML's use_bf16, and a UNet
+    dtype the device runs (mindspore_impl/core/device.py check_precision, the one device rule). Returns the
+    UNet's dtype (float32 / float16 / bfloat16). device None: the current target; setting: how the user asked
+    (scripts/t2i.py passes "--fp16")."""
+    from mindspore_impl.core.device import check_precision
+    _check_dtype(dtype)
+    unet = dict((model_params or {}).get("unet_config", {}).get("params") or {})
+    if _DTYPES[dtype] == ms.float16:
+        if unet.get("use_bf16"):  # build passes use_fp16=True: the UNet would get both
+            raise SamplingError(f"{setting or f'dtype={dtype!r}'} (float16 UNet weights) conflicts with use_bf16: "
+                                f"true in the model config; drop one")
+        return check_precision("float16", device, setting or f"dtype={dtype!r}")
+    # fp32 passes use_fp16=False, which overrides the YAML's use_fp16 but not its use_bf16
+    if unet.get("use_bf16"):
+        return check_precision("bfloat16", device, "use_bf16: true in the model config (unet_config.params)",
+                               instead="float32 (remove use_bf16) or float16 (--fp16 / dtype='fp16')")
+    return "float32"
 
 
 def latent_downsample(first_stage_entry: dict) -> int:
@@ -105,7 +126,7 @@ class MVDreamPipeline:
         fp16 puts the UNet's Dense/Conv weights in float16 (its use_fp16 switch: norms and softmax
         stay float32); the VAE and text encoder, run once per image, stay float32.
         """
-        _check_dtype(dtype)
+        check_dtype(dtype, model_params)
         models = loading.build_models(model_params, use_fp16=_DTYPES[dtype] == ms.float16)
         return cls(models["unet"], models["vae"], models["text_encoder"], tokenizer, model_params, dtype)
 
@@ -114,11 +135,13 @@ class MVDreamPipeline:
                         dtype: str = "fp32") -> "MVDreamPipeline":
         """Load a converted MVDream checkpoint (.ckpt / .safetensors, MindSpore names) strictly (loading.py).
 
-        Checked in this order, before any model is built: the checkpoint file, the tokenizer, the model YAML."""
+        Checked in this order, before any model is built: the checkpoint file, the tokenizer, the model YAML,
+        the dtype on this device (check_dtype)."""
         _check_dtype(dtype)
         loading.check_checkpoint_file(ckpt_path)
         tokenizer = require_tokenizer(tokenizer_dir)
         model_params = load_model_config(config_path)
+        check_dtype(dtype, model_params)
         models = loading.load_models(ckpt_path, model_params, use_fp16=_DTYPES[dtype] == ms.float16)
         return cls(models["unet"], models["vae"], models["text_encoder"], tokenizer, model_params, dtype)
 

@@ -65,6 +65,29 @@ def check_config(cfg: Config) -> str:
     return mode
 
 
+def unet_precision(half_precision_weights: bool, unet_params: Optional[dict] = None) -> tuple[str, str]:
+    """(dtype, the setting that chose it) of the frozen UNet the guidance builds: float16 with
+    half_precision_weights, else what the model YAML's unet_config.params ask (use_bf16 / use_fp16, as
+    mindspore_impl/lift3d/guidance/multiview_diffusion_guidance.py load_frozen_models builds it), else float32.
+    The device check of that dtype is mindspore_impl/core/device.py check_precision (the system calls both).
+    GuidanceError when two settings ask for different half precisions (the UNet cannot be both: building it
+    would fail inside the model code)."""
+    params = unet_params or {}
+    if params.get("use_fp16") and params.get("use_bf16"):
+        raise GuidanceError("the model config sets both unet_config.params.use_fp16 and use_bf16; keep one")
+    if half_precision_weights:
+        if params.get("use_bf16"):
+            raise GuidanceError("half_precision_weights=true (float16 UNet weights) conflicts with use_bf16: true "
+                                "in the model config's unet_config.params; set half_precision_weights=false to "
+                                "run bfloat16, or drop use_bf16 to run float16")
+        return "float16", "half_precision_weights=true"
+    if params.get("use_bf16"):
+        return "bfloat16", "use_bf16: true in the model config (unet_config.params)"
+    if params.get("use_fp16"):
+        return "float16", "use_fp16: true in the model config (unet_config.params)"
+    return "float32", "half_precision_weights=false"
+
+
 # models whose checkpoint does not come from the hub: (where it normally lives, how to get it there)
 LOCAL_CHECKPOINTS = {
     "tiny-mvdream": ("pretrained/tiny-mvdream/tiny-mvdream.ckpt",

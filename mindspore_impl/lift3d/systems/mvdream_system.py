@@ -59,6 +59,8 @@ class MVDreamSystemConfig(BaseLift3DSystemConfig):
     # O0: everything fp32; O2: the frozen UNet's Dense/Conv weights and math in amp_dtype (norms, VAE,
     # 3D field, losses and optimizer fp32)
     amp_level: str = "O0"
+    # float16 runs on every device (CPU included); bfloat16 on Ascend (Atlas A2 or later) only: elsewhere
+    # configure() stops with one line before any model is built (core/device.py check_precision)
     amp_dtype: str = "float16"
     # 0: render, guidance, backward and update in one graph. N > 0: deferred backpropagation over fixed
     # chunks of N rays (render without a graph, d loss / d image through VAE and UNet, then re-render each
@@ -160,12 +162,54 @@ class MVDreamSystem(BaseLift3DSystem):
         return active
 
     def _check_amp(self) -> None:
-        if self.cfg.amp_level not in AMP_LEVELS:
-            raise ConfigError(f"system.amp_level must be one of {AMP_LEVELS}, got {self.cfg.amp_level!r}")
-        if self.cfg.amp_dtype not in AMP_DTYPES:
-            raise ConfigError(f"system.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.cfg.amp_dtype!r}")
-        if self.cfg.render_chunk_rays < 0:
-            raise ConfigError(f"system.render_chunk_rays must be >= 0 (0: one graph), got {self.cfg.render_chunk_rays}")
+        """amp_level, amp_dtype and the guidance's half precision, before any model is built: known values, no
+        two settings asking for different UNet dtypes, and a dtype the current device runs
+        (mindspore_impl/core/device.py check_precision: float16 anywhere, bfloat16 on Ascend only), so an
+        unsupported combination is one line here instead of a kernel crash in the first step."""
+        import os
+
+        from mindspore_impl.core.device import check_precision
+        from neutral.lift3d.multiview_diffusion_guidance import DEFAULT_MODEL_CONFIGS, Config, unet_precision
+        from neutral.mvdream.model_config import load_model_config
+
+        cfg = self.cfg
+        if cfg.amp_level not in AMP_LEVELS:
+            raise ConfigError(f"system.amp_level must be one of {AMP_LEVELS}, got {cfg.amp_level!r}")
+        if cfg.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(f"system.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {cfg.amp_dtype!r}")
+        if cfg.render_chunk_rays < 0:
+            raise ConfigError(f"system.render_chunk_rays must be >= 0 (0: one graph), got {cfg.render_chunk_rays}")
+        guidance = to_container(cfg.guidance) or {}
+        half = bool(guidance.get("half_precision_weights", False))
+        if cfg.amp_level == "O2" and cfg.amp_dtype == "bfloat16":
+            if half:  # _build_guidance casts the fp16 build to bfloat16: the fp16 request would be lost silently
+                raise ConfigError("system.guidance.half_precision_weights=true (float16 UNet weights) conflicts "
+                                  "with system.amp_level=O2 amp_dtype=bfloat16; remove half_precision_weights "
+                                  "(O2 sets the UNet's dtype) or use amp_dtype=float16")
+            check_precision("bfloat16", setting="system.amp_dtype=bfloat16 (system.amp_level=O2)",
+                            instead="system.amp_dtype=float16 or system.amp_level=O0")
+            return
+        # O0, or O2 float16 (_linked_configs sets half_precision_weights): the model YAML's use_fp16 / use_bf16
+        # count too. A missing YAML is left to _check_checkpoint, which names how to get it.
+        o2 = cfg.amp_level == "O2"
+        model_name = guidance.get("model_name") or Config.model_name
+        path = guidance.get("config_path") or DEFAULT_MODEL_CONFIGS.get(model_name)
+        unet_params = None
+        if path and os.path.isfile(path):
+            unet_params = (load_model_config(path).get("unet_config") or {}).get("params")
+        try:
+            dtype, setting = unet_precision(half or o2, unet_params)
+        except GuidanceError as exc:
+            where = "system.amp_level=O2 amp_dtype=float16 (float16 UNet weights)" if o2 else "system.guidance"
+            raise ConfigError(f"{where}: {exc} ({path})") from None
+        if o2:
+            setting = "system.amp_dtype=float16 (system.amp_level=O2)"
+        elif half:
+            setting = f"system.guidance.{setting}"
+        else:
+            setting = f"{setting.replace('the model config', path)}"
+        check_precision(dtype, setting=setting, instead=f"float32 (remove use_bf16 from {path}) or float16 "
+                                                         f"(use_fp16: true there instead)")
 
     @staticmethod
     def _check_checkpoint(guidance_cls: type, g_cfg) -> None:
