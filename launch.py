@@ -14,10 +14,25 @@ found before the trial folder is created. Every such error is a UserError (neutr
 one line `error: <what>; <what to do>` on stderr and exit code 2.
 Ctrl-C or SIGTERM during --train finishes the current step, writes a checkpoint, prints the command that
 resumes the run and exits 130.
+
+Many prompts: `--train --prompts FILE` trains one run per prompt of FILE (UTF-8, one prompt per line; blank
+lines and lines starting with # are skipped), each with system.prompt_processor.prompt set to it and its own trial
+folder (the config's tag, made distinct per prompt when it does not depend on the prompt), all with the same seed
+as a run of that prompt alone. Without msrun one process trains them one after another.
+
+Many processes (msrun, mindspore_impl/core/distributed.py; README "Many cards (msrun)"):
+- with --prompts, rank r of n trains prompts r, r + n, r + 2n, ... of the list, each into its own trial folder;
+- without, the system trains in data parallel (only systems that declare `data_parallel`, i.e. multiview diffusion
+  training): data.batch_size is the global batch, each rank trains on its 1/n share, gradients and loss are
+  averaged across ranks; rank 0 alone writes the trial folder (metrics, checkpoints, images, export), and
+  resume=PATH (rank 0's checkpoint) restarts every rank.
+Every check on user input (the prompt file, the batch split) runs before the ranks connect, so a mistake stops
+all ranks at once with the same one-line error.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import os
 import random
@@ -36,6 +51,46 @@ _OVERRIDE_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 class LaunchError(UserError, ValueError):
     """A command-line or config problem found before any work starts."""
+
+
+PROMPT_KEY = "system.prompt_processor.prompt"
+
+
+def read_prompt_list(path: str) -> list[str]:
+    """The prompts of a --prompts file: UTF-8 text, one prompt per line, surrounding whitespace stripped; blank
+    lines and lines whose first non-blank character is # are skipped. LaunchError (naming the file and line)
+    for a missing or unreadable file, bad UTF-8, an OmegaConf interpolation `${`, a repeated prompt (its
+    trial folder would clash) or no prompt at all."""
+    where = f"--prompts {path}"
+    if not os.path.isfile(path):
+        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise LaunchError(f"{where}: {what}; give a text file with one prompt per line")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise LaunchError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    prompts, first_line = [], {}
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise LaunchError(f"{where}: line {number} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "save the file as UTF-8") from None
+        if not text or text.startswith("#"):
+            continue
+        if "${" in text:
+            raise LaunchError(f"{where}: line {number} contains '${{', which the config would read as an "
+                              "interpolation; remove it")
+        if text in first_line:
+            raise LaunchError(f"{where}: line {number} repeats the prompt of line {first_line[text]} "
+                              f"({text!r}); list each prompt once")
+        first_line[text] = number
+        prompts.append(text)
+    if not prompts:
+        raise LaunchError(f"{where} holds no prompt (blank lines and # comments only); "
+                          "write one prompt per line")
+    return prompts
 
 
 @dataclass
@@ -102,11 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", type=_mode, default=None,
                    help="pynative | graph (default: the config's `mode`, else pynative)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--prompts", metavar="FILE", default=None,
+                   help="with --train: one run (and trial folder) per prompt of FILE, one prompt per line, blank "
+                        "lines and # comments skipped; under msrun rank r of n takes every n-th prompt from r")
     return p
 
 
-def load_config(path: str, overrides: list[str]) -> DictConfig:
-    """YAML + key=value overrides, checked against ExperimentConfig (unknown top-level keys fail)."""
+def load_config(path: str, overrides: list[str], values: Optional[dict] = None) -> DictConfig:
+    """YAML + key=value overrides, checked against ExperimentConfig (unknown top-level keys fail).
+
+    values: {dotted key: value} set after the overrides and before interpolations resolve, taken as they are
+    (not parsed as YAML the way a key=value override is): the prompt of a --prompts line."""
     from neutral.config import ConfigError
 
     if not os.path.isfile(path):
@@ -128,6 +189,8 @@ def load_config(path: str, overrides: list[str]) -> DictConfig:
         raise LaunchError(f"bad override in {overrides}: {exc}") from None
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), file_cfg, cli_cfg)
+        for key, value in (values or {}).items():
+            OmegaConf.update(cfg, key, value, merge=False)
         OmegaConf.resolve(cfg)
     except Exception as exc:
         allowed = ", ".join(f.name for f in ExperimentConfig.__dataclass_fields__.values())
@@ -194,49 +257,85 @@ def resume_command(trial_root: str, checkpoint: str, device: str = "CPU") -> str
     return " ".join(shlex.quote(p) for p in parts + [f"resume={checkpoint}"])
 
 
-def main(argv: Optional[list[str]] = None):
-    """Run the launcher; returns the Trainer (tests inspect it). Raises UserError subclasses on bad input
-    (LaunchError, ConfigError, CheckpointError, ...) and TrainingInterrupted after a clean Ctrl-C / SIGTERM stop."""
-    args, overrides = build_parser().parse_known_args(argv)
-    mode = next(m for m in ("train", "validate", "test", "export") if getattr(args, m))
-    cfg = load_config(args.config, overrides)
+def prompt_configs(args, overrides: list[str], prompts: list[str]) -> list[DictConfig]:
+    """One config per prompt of a --prompts list (checked before any work): the prompt set as
+    system.prompt_processor.prompt, and tags made distinct (`<tag>-<i>`, i the prompt's place in the list from 1)
+    when the config's tag does not already tell the prompts apart (each run gets its own trial folder, whichever
+    rank writes it)."""
+    if any(item.split("=", 1)[0] == PROMPT_KEY for item in overrides):
+        raise LaunchError(f"--prompts sets {PROMPT_KEY} for each run; remove the {PROMPT_KEY}= override")
+    first = load_config(args.config, overrides)
+    if not isinstance(OmegaConf.select(first, "system.prompt_processor"), DictConfig):
+        raise LaunchError(f"--prompts: config {args.config} has no system.prompt_processor to give the prompts "
+                          f"to (system_type {first.system_type or '(none)'} does not train from a prompt)")
+    if first.resume:
+        raise LaunchError("--prompts trains every prompt from the start; remove resume= (resume one prompt's run "
+                          "with launch.py --config <its trial>/configs/parsed.yaml --train resume=...)")
+    cfgs = [load_config(args.config, overrides, {PROMPT_KEY: p}) for p in prompts]
+    from mindspore_impl.core.trial import safe_component
+    if len({safe_component(c.tag) for c in cfgs}) < len(cfgs):
+        width = len(str(len(cfgs)))
+        for i, c in enumerate(cfgs, start=1):
+            c.tag = f"{c.tag}-{i:0{width}d}"
+    return cfgs
+
+
+def _settle(cfg: DictConfig, args) -> str:
+    """Apply --seed and --mode to cfg (parsed.yaml re-runs the same way); returns the context mode."""
     if args.seed is not None:
         cfg.seed = args.seed
     try:
         context_mode = args.mode or (_mode(cfg.mode) if cfg.mode else "pynative")
     except argparse.ArgumentTypeError as exc:
         raise LaunchError(f"config key mode: {exc}") from None
-    cfg.mode = context_mode  # parsed.yaml re-runs in the same mode
-    from mindspore_impl.core import device
+    cfg.mode = context_mode
+    return context_mode
 
-    device.check_device(args.device)
-    system_cls, data_cls = check_config(cfg, mode)
 
+def check_msrun(cfg: DictConfig, mode: str, system_cls, data_cls, world_size: int, prompts: bool) -> None:
+    """Under msrun (world_size > 1), before the ranks connect: is there a way to share the work?"""
+    if world_size == 1 or prompts:
+        return
+    if mode != "train":
+        raise LaunchError(f"--{mode} under msrun: run it as one process (python launch.py --{mode} ...)")
+    if not getattr(system_cls, "data_parallel", False) or not hasattr(data_cls, "check_world_size"):
+        raise LaunchError(f"msrun started {world_size} ranks, but system_type {cfg.system_type} with data_type "
+                          f"{cfg.data_type} does not train in data parallel; give a prompt list with --prompts FILE "
+                          "(each rank trains every n-th prompt) or run one process")
+    data_cls.check_world_size(_section(cfg, "data"), world_size)
+
+
+def run_one(cfg: DictConfig, mode: str, args, system_cls, data_cls, writer: bool = True):
+    """Build, restore and run one config; returns its Trainer. writer=False (data-parallel ranks other than 0):
+    no trial folder and no file written."""
     import numpy as np
+    import mindspore as ms
 
     from mindspore_impl.core.trainer import Trainer, TrainingInterrupted
     from mindspore_impl.core.trial import Trial
 
     seed = int(cfg.seed)
-    device.setup(args.device, context_mode, seed)
+    ms.set_seed(seed)  # each run starts from the seed alone, whatever ran before it in this process
     np.random.seed(seed)
     random.seed(seed)
     dm = data_cls(_section(cfg, "data"), seed=seed)
     system = system_cls(_section(cfg, "system"), seed=seed, resumed=cfg.resume is not None)
     if mode == "train":
         system.configure_optimizers()  # a bad optimizer.params path fails here, before the trial folder
-    trainer = Trainer(system, dm, None, _section(cfg, "trainer"), _section(cfg, "checkpoint"))
+    trainer = Trainer(system, dm, None, _section(cfg, "trainer"), _section(cfg, "checkpoint"), writer=writer)
     if cfg.resume:
         trainer.restore(cfg.resume)  # a checkpoint that does not fit the model fails here, before the trial folder
-    trial = Trial.create(cfg.exp_root_dir, cfg.name, cfg.tag, cfg.use_timestamp)
-    trial.save_config(cfg)
-    trainer.attach(trial)
-    print(f"trial folder: {trial.root}")
+    if writer:
+        trial = Trial.create(cfg.exp_root_dir, cfg.name, cfg.tag, cfg.use_timestamp)
+        trial.save_config(cfg)
+        trainer.attach(trial)
+        print(f"trial folder: {trial.root}")
     if mode == "train":
         try:
             trainer.fit()
         except TrainingInterrupted as exc:
-            exc.command = resume_command(trial.root, exc.checkpoint, args.device)
+            if trainer.trial is not None:
+                exc.command = resume_command(trainer.trial.root, exc.checkpoint, args.device)
             raise
         outputs = trainer.test() + trainer.export()
     else:
@@ -244,6 +343,46 @@ def main(argv: Optional[list[str]] = None):
     for path in outputs:
         print(f"wrote {path}")
     return trainer
+
+
+def main(argv: Optional[list[str]] = None):
+    """Run the launcher; returns the Trainer (tests inspect it), or with --prompts the trial folders this rank
+    wrote, one per prompt. Raises UserError subclasses on bad input (LaunchError, ConfigError,
+    CheckpointError, ...) and TrainingInterrupted after a clean Ctrl-C / SIGTERM stop."""
+    args, overrides = build_parser().parse_known_args(argv)
+    mode = next(m for m in ("train", "validate", "test", "export") if getattr(args, m))
+    prompts = None
+    if args.prompts is not None:
+        if mode != "train":
+            raise LaunchError(f"--prompts works with --train, not --{mode}")
+        prompts = read_prompt_list(args.prompts)
+        cfgs = prompt_configs(args, overrides, prompts)
+    else:
+        cfgs = [load_config(args.config, overrides)]
+    context_modes = {_settle(cfg, args) for cfg in cfgs}
+    context_mode = context_modes.pop()
+    from mindspore_impl.core import device, distributed
+
+    device.check_device(args.device)
+    system_cls, data_cls = check_config(cfgs[0], mode)
+    world_size = distributed.launched_world_size()
+    check_msrun(cfgs[0], mode, system_cls, data_cls, world_size, prompts is not None)
+
+    device.setup(args.device, context_mode, int(cfgs[0].seed))
+    topo = distributed.init(data_parallel=prompts is None)  # msrun: join the ranks (the scheduler exits here)
+    if prompts is None:
+        return run_one(cfgs[0], mode, args, system_cls, data_cls, writer=topo.is_main or not topo.data_parallel)
+    mine = list(range(topo.rank, len(prompts), topo.world_size))
+    if topo.world_size > 1:
+        print(f"rank {topo.rank} of {topo.world_size}: prompts {[i + 1 for i in mine]} of {len(prompts)}")
+    roots = []
+    for i in mine:
+        print(f"prompt {i + 1}/{len(prompts)}: {prompts[i]}")
+        trainer = run_one(cfgs[i], mode, args, system_cls, data_cls)
+        roots.append(trainer.trial.root)
+        del trainer
+        gc.collect()  # free this prompt's models before the next prompt builds its own
+    return roots
 
 
 def _cli(argv: Optional[list[str]] = None) -> None:

@@ -5,71 +5,22 @@ import math
 import mindspore as ms
 import numpy as np
 import pytest
-import torch
-from mindspore import nn, ops
+from mindspore import nn
 
-from mindspore_impl.core.checkpoint import load_state_dict
 from neutral.registry import find
 from mindspore_impl.lift3d import ops as ms_ops
 from mindspore_impl.lift3d.background import NeuralEnvironmentMapBackground as MsEnvMap
 from mindspore_impl.lift3d.background import SolidColorBackground as MsSolid
 from mindspore_impl.lift3d.materials import DiffuseWithPointLightMaterial as MsDiffuse
 from mindspore_impl.lift3d.materials import NoMaterial as MsNoMaterial
-from tests.parity import assert_parity
+from tests.parity import assert_parity, to_numpy, to_torch, tolerance, torch_module
+from tests.parity_cases import MVDREAM_BG, MVDREAM_SHADING, copy_weights, material_inputs, ms_grads
+from tests.parity_cases import env_map_pair as make_env_maps
+from tests.parity_cases import randomize_torch, torch_grads, unit_dirs
 from torch_ref.lift3d import ops as pt_ops
-from torch_ref.lift3d.background import NeuralEnvironmentMapBackground as PtEnvMap
 from torch_ref.lift3d.background import SolidColorBackground as PtSolid
 from torch_ref.lift3d.materials import DiffuseWithPointLightMaterial as PtDiffuse
 from torch_ref.lift3d.materials import NoMaterial as PtNoMaterial
-
-MVDREAM_BG = {"color_activation": "sigmoid", "random_aug": True}
-MVDREAM_SHADING = {"ambient_only_steps": 5000, "textureless_prob": 0.5, "ambient_light_color": [1.0, 1.0, 1.0],
-                   "diffuse_light_color": [0.0, 0.0, 0.0], "soft_shading": True}
-
-
-def unit_dirs(rng, shape):
-    d = rng.standard_normal(shape).astype(np.float32)
-    return d / np.linalg.norm(d, axis=-1, keepdims=True)
-
-
-def copy_weights(pt_module, ms_cell):
-    """torch state dict (parameters and buffers) -> MindSpore, strict on names and shapes."""
-    state = {k: v.detach().numpy() for k, v in pt_module.state_dict().items()}
-    loaded = load_state_dict(ms_cell, state, strict=True, what=type(ms_cell).__name__)
-    assert sorted(loaded) == sorted(state)
-    return state
-
-
-def randomize_torch(module, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
-
-
-def torch_grads(fn, inputs, params):
-    """Output and d(sum(out * cot))/d(inputs, params) in torch."""
-    xs = [torch.tensor(x, requires_grad=True) for x in inputs]
-    out = fn(*xs)
-    cot = torch.tensor(np.random.default_rng(99).standard_normal(out.shape).astype(np.float32))
-    grads = torch.autograd.grad((out * cot).sum(), xs + list(params), allow_unused=True)
-    return out, cot.numpy(), grads[:len(xs)], grads[len(xs):]
-
-
-def ms_grads(fn, inputs, weights, cot):
-    xs = [ms.Tensor(x) for x in inputs]
-    out = fn(*xs)
-
-    def loss(*args):
-        return (fn(*args) * ms.Tensor(cot)).sum()
-
-    if weights:
-        g_in, g_w = ms.grad(loss, grad_position=tuple(range(len(xs))), weights=weights)(*xs)
-    else:
-        g_in, g_w = ms.grad(loss, grad_position=tuple(range(len(xs))))(*xs), ()
-    if len(xs) == 1 and not isinstance(g_in, tuple):
-        g_in = (g_in,)
-    return out, g_in, g_w
 
 
 # ----------------------------------------------------------------------------- SH encoding
@@ -87,30 +38,22 @@ def test_sh_encoding_matches_tcnn_constants_and_is_orthonormal():
                      c3 * (3 * z * z - 1), -c2 * x * z, c4 * (x * x - y * y)], -1)
     x01 = ((d + 1) / 2).astype(np.float32)
     got_ms = ms_ops.sh_encode(ms.Tensor(x01), 3)
-    got_pt = pt_ops.sh_encode(torch.tensor(x01), 3)
+    got_pt = pt_ops.sh_encode(to_torch(x01), 3)
     assert_parity(got_ms, want, "sh_encode ms vs closed form", rel=1e-5)
     assert_parity(got_pt, want, "sh_encode torch vs closed form", rel=1e-5)
     # real SH are orthonormal on the sphere: 4 pi E[Y_i Y_j] = delta_ij (Monte Carlo)
     big = unit_dirs(rng, (200000, 3))
-    y_all = pt_ops.sh_encode(torch.tensor((big + 1) / 2), 3).double().numpy()
+    y_all = pt_ops.sh_encode(to_torch((big + 1) / 2), 3).double().cpu().numpy()
     gram = 4 * math.pi * (y_all.T @ y_all) / len(big)
     err = np.abs(gram - np.eye(9)).max()
     print(f"[sh] max |4 pi E[Y Y^T] - I| = {err:.4f}")
     assert err < 0.03
     assert tuple(ms_ops.sh_encode(ms.Tensor(x01[:2]), 2).shape) == (2, 4)
     with pytest.raises(ValueError, match="degree 1..3"):
-        pt_ops.sh_encode(torch.tensor(x01), 4)
+        pt_ops.sh_encode(to_torch(x01), 4)
 
 
 # ----------------------------------------------------------------------------- backgrounds
-
-
-def make_env_maps(cfg=None, seed=0):
-    pt = PtEnvMap(cfg)
-    randomize_torch(pt, seed)
-    ms_bg = MsEnvMap(cfg)
-    copy_weights(pt, ms_bg)
-    return pt, ms_bg
 
 
 def test_env_map_parameter_names_match_threestudio():
@@ -151,7 +94,7 @@ def test_env_map_random_aug_is_host_side_and_shared_by_the_batch():
     color = colors[0]
     dirs = unit_dirs(np.random.default_rng(2), (2, 3, 4, 3))
     out_ms = ms_bg(ms.Tensor(dirs), ms.Tensor(color))
-    out_pt = pt(torch.tensor(dirs), torch.tensor(color))
+    out_pt = pt(to_torch(dirs), to_torch(color))
     assert_parity(out_ms, out_pt, "env map aug colour", rel=0)
     np.testing.assert_array_equal(out_ms.asnumpy(), np.broadcast_to(color, (2, 3, 4, 3)))
 
@@ -160,6 +103,7 @@ def test_solid_color_background_parity():
     cfg = {"color": [0.2, 0.5, 0.9], "learned": True, "random_aug": True}
     pt, ms_bg = PtSolid(cfg), MsSolid(cfg)
     copy_weights(pt, ms_bg)
+    torch_module(pt)
     assert [p.name for p in ms_bg.trainable_params()] == ["env_color"]
     dirs = unit_dirs(np.random.default_rng(3), (2, 3, 4, 3))
     out_pt, cot, _, (g_pt,) = torch_grads(pt, [dirs], [pt.env_color])
@@ -172,7 +116,7 @@ def test_solid_color_background_parity():
     aug = aug if aug is not None else ms_bg.draw_aug(np.random.default_rng(2), batch_size=2)
     assert aug.shape == (2, 3)
     out_ms = ms_bg(ms.Tensor(dirs), ms.Tensor(aug)).asnumpy()
-    out_pt = pt(torch.tensor(dirs), torch.tensor(aug))
+    out_pt = pt(to_torch(dirs), to_torch(aug))
     assert_parity(out_ms, out_pt, "solid colour aug", rel=0)
     np.testing.assert_array_equal(out_ms[1, 0, 0], aug[1])
     fixed = MsSolid({})
@@ -185,25 +129,15 @@ def test_solid_color_background_parity():
 # ----------------------------------------------------------------------------- materials
 
 
-def material_inputs(n=64, f=3, seed=0):
-    rng = np.random.default_rng(seed)
-    features = rng.standard_normal((n, f)).astype(np.float32) * 2
-    viewdirs = unit_dirs(rng, (n, 3))
-    positions = rng.uniform(-0.5, 0.5, (n, 3)).astype(np.float32)
-    light_positions = np.repeat(rng.standard_normal((1, 3)).astype(np.float32) * 2, n, 0)
-    normals = unit_dirs(rng, (n, 3))
-    return features, viewdirs, positions, light_positions, normals
-
-
 def test_no_material_parity():
-    pt, ms_mat = PtNoMaterial({}), MsNoMaterial({})
+    pt, ms_mat = torch_module(PtNoMaterial({})), MsNoMaterial({})
     assert not ms_mat.requires_normal and find("no-material") is MsNoMaterial
     feats = material_inputs()[0]
     out_pt, cot, (g_pt,), _ = torch_grads(lambda f: pt(f), [feats], [])
     out_ms, (g_ms,), _ = ms_grads(lambda f: ms_mat(f), [feats], [], cot)
     assert_parity(out_ms, out_pt, "no-material output", rel=1e-5)
     assert_parity(g_ms, g_pt, "no-material d/d features", rel=1e-5)
-    np.testing.assert_allclose(out_ms.asnumpy(), 1 / (1 + np.exp(-feats)), rtol=1e-5)
+    np.testing.assert_allclose(out_ms.asnumpy(), 1 / (1 + np.exp(-feats)), rtol=tolerance(1e-5))
     with pytest.raises(ValueError, match="n_output_dims"):
         ms_mat(ms.Tensor(np.zeros((4, 5), np.float32)))
     # optional MLP head (threestudio input_feature_dims + mlp_network_config)
@@ -212,6 +146,7 @@ def test_no_material_parity():
     pt, ms_mat = PtNoMaterial(cfg), MsNoMaterial(cfg)
     randomize_torch(pt, 3)
     copy_weights(pt, ms_mat)
+    torch_module(pt)
     feats = material_inputs(f=5)[0]
     out_pt, cot, (g_pt,), gw_pt = torch_grads(lambda f: pt(f), [feats], pt.parameters())
     out_ms, (g_ms,), gw_ms = ms_grads(lambda f: ms_mat(f), [feats], ms_mat.trainable_params(), cot)
@@ -227,13 +162,14 @@ def test_diffuse_material_parity(shading, colors):
     cfg = {} if colors == "config" else MVDREAM_SHADING
     pt, ms_mat = PtDiffuse(cfg), MsDiffuse(cfg)
     state = copy_weights(pt, ms_mat)
+    torch_module(pt)
     assert sorted(state) == ["ambient_light_color", "diffuse_light_color"] and not ms_mat.trainable_params()
     f, v, p, l, n = material_inputs(f=4, seed=5)
     amb = dif = None
     if colors == "soft":
         dif = np.full(3, 0.3, np.float32)
         amb = 1 - dif
-    extra_pt = {} if amb is None else {"ambient_color": torch.tensor(amb), "diffuse_color": torch.tensor(dif)}
+    extra_pt = {} if amb is None else {"ambient_color": to_torch(amb), "diffuse_color": to_torch(dif)}
     extra_ms = {} if amb is None else {"ambient_color": ms.Tensor(amb), "diffuse_color": ms.Tensor(dif)}
     out_pt, cot, g_pt, _ = torch_grads(lambda *a: pt(a[0], v, *a[1:], shading=shading, **extra_pt),
                                        [f, p, l, n], [])
@@ -256,17 +192,17 @@ def test_diffuse_material_matches_the_lambert_formula():
     lambert = np.clip(np.sum(n * ldir, -1, keepdims=True), 0, None)
     want = albedo * (lambert * 0.9 + 0.1)
     got = mat(*[ms.Tensor(x) for x in (f, v, p, l, n)], shading="diffuse")
-    np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.asnumpy(), want, rtol=tolerance(1e-5), atol=1e-6)
     albedo_only = mat(ms.Tensor(f), ms.Tensor(v), ms.Tensor(p), ms.Tensor(l), None, shading="albedo")
-    np.testing.assert_allclose(albedo_only.asnumpy(), albedo, rtol=1e-5)
+    np.testing.assert_allclose(albedo_only.asnumpy(), albedo, rtol=tolerance(1e-5))
     with pytest.raises(ValueError, match="shading_normal"):
         mat(ms.Tensor(f), ms.Tensor(v), ms.Tensor(p), ms.Tensor(l), None, shading="diffuse")
     with pytest.raises(ValueError, match="unknown shading"):
         mat(*[ms.Tensor(x) for x in (f, v, p, l, n)], shading="phong")
-    np.testing.assert_allclose(mat.export(ms.Tensor(f))["albedo"].asnumpy(), albedo, rtol=1e-5)
-    np.testing.assert_allclose(MsNoMaterial({}).export(ms.Tensor(f))["albedo"].asnumpy(), albedo, rtol=1e-5)
-    np.testing.assert_allclose(PtDiffuse({}).export(torch.tensor(f))["albedo"].numpy(), albedo, rtol=1e-5)
-    np.testing.assert_allclose(PtNoMaterial({}).export(torch.tensor(f))["albedo"].numpy(), albedo, rtol=1e-5)
+    np.testing.assert_allclose(mat.export(ms.Tensor(f))["albedo"].asnumpy(), albedo, rtol=tolerance(1e-5))
+    np.testing.assert_allclose(MsNoMaterial({}).export(ms.Tensor(f))["albedo"].asnumpy(), albedo, rtol=tolerance(1e-5))
+    for pt_material in (torch_module(PtDiffuse({})), PtNoMaterial({})):
+        np.testing.assert_allclose(to_numpy(pt_material.export(to_torch(f))["albedo"]), albedo, rtol=tolerance(1e-5))
     assert find("diffuse-with-point-light") is MsDiffuse and find("diffuse-with-point-light-material") is MsDiffuse
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import trimesh
 
+from mindspore_impl.core.media import contact_sheet, save_image, save_video, strip
 from mindspore_impl.lift3d.export.mesh import (MeshExportConfig, bake_texture, export_mesh, marching_cubes,
-                                               sample_density_grid)
-from mindspore_impl.core.media import save_image, save_video, strip
+                                               sample_density_grid, smooth_vertex_colors)
 
 SIGMA = 0.5
 R_EXPECTED = SIGMA * math.sqrt(math.log(2.0))  # 50 exp(-(r/sigma)^2) = 25
@@ -59,10 +59,13 @@ def test_image_and_strip_errors(tmp_path):
 
 
 def test_sphere_mesh_obj_ply_glb(tmp_path):
-    cfg = MeshExportConfig(threshold=25.0, resolution=48)
+    cfg = MeshExportConfig(threshold=25.0, resolution=48, color_smoothing=0)  # colours exactly the field's
     paths = export_mesh(sphere_density, (-1, -1, -1), (1, 1, 1), str(tmp_path), color_fn=position_color, cfg=cfg)
-    assert [p.rsplit(".", 1)[1] for p in paths] == ["obj", "ply", "glb"]
-    for path in paths:
+    assert [p.rsplit(".", 1)[1] for p in paths] == ["obj", "ply", "glb", "png"]
+    preview = iio.imread(paths[-1])
+    assert paths[-1].endswith("model-preview.png") and preview.shape[:2] == (240, 960)  # 4 views of 2.4 in at 100 dpi
+    assert preview[..., :3].std() > 10  # not a blank canvas
+    for path in paths[:3]:
         mesh = trimesh.load(path, force="mesh")
         radii = np.linalg.norm(mesh.vertices, axis=1)
         colors = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float64)
@@ -98,3 +101,28 @@ def test_bake_texture_square():
     err = max(np.abs(tex[..., 0] - expect_r).max(), np.abs(tex[..., 1] - expect_g).max())
     print(f"baked texture max err {err}")
     assert err <= 1.0
+
+
+def test_vertex_colour_smoothing_removes_speckle_and_keeps_flat_colour():
+    mesh = trimesh.creation.icosphere(subdivisions=3)
+    faces = np.asarray(mesh.faces)
+    rng = np.random.default_rng(0)
+    flat = np.tile(np.array([[200, 30, 30, 255]], np.uint8), (len(mesh.vertices), 1))
+    assert np.array_equal(smooth_vertex_colors(flat, faces, 2), flat)
+    noisy = flat.copy()
+    noisy[:, :3] = np.clip(flat[:, :3] + rng.normal(0, 40, (len(flat), 3)), 0, 255).astype(np.uint8)
+    smoothed = smooth_vertex_colors(noisy, faces, 2)
+    before, after = noisy[:, 0].astype(float).std(), smoothed[:, 0].astype(float).std()
+    print(f"red channel std {before:.1f} -> {after:.1f}")
+    assert after < 0.4 * before and np.array_equal(smoothed[:, 3], noisy[:, 3])
+    assert np.array_equal(smooth_vertex_colors(noisy, faces, 0), noisy)
+
+
+def test_contact_sheet_grid():
+    a, b = np.zeros((8, 6, 3)), np.ones((8, 4, 1))
+    sheet = contact_sheet([[a, b], [a]], gap=2)
+    assert sheet.shape == (8 + 2 + 8, 6 + 2 + 4, 3) and sheet.dtype == np.uint8
+    assert (sheet[:8, 6:8] == 255).all() and (sheet[8:10] == 255).all()  # white gaps
+    assert (sheet[10:, 6:] == 255).all() and (sheet[:8, 8:] == 255).all() and (sheet[:8, :6] == 0).all()
+    with pytest.raises(ValueError, match="differ in height"):
+        contact_sheet([[a, np.zeros((9, 6, 3))]])

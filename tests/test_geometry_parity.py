@@ -4,82 +4,21 @@ import pytest
 import torch
 
 import mindspore as ms
-from mindspore import nn
 
-from mindspore_impl.core.checkpoint import load_state_dict, state_dict
+from mindspore_impl.core.checkpoint import state_dict
 from neutral.config import ConfigError
 from neutral.registry import find
 from mindspore_impl.lift3d.geometry import ImplicitVolume
-from tests.parity import assert_parity
+from tests.parity import assert_parity, to_numpy, to_torch, tolerance, torch_module
+from tests.parity_cases import GEOMETRY_CASES as CASES
+from tests.parity_cases import GEOMETRY_NAMES as EXPECTED_NAMES
+from tests.parity_cases import GEOMETRY_SMALL_GRID as SMALL_GRID
+from tests.parity_cases import geometry_inputs as inputs
+from tests.parity_cases import geometry_ms_run as ms_run
+from tests.parity_cases import geometry_pair as make_pair
+from tests.parity_cases import geometry_torch_run as torch_run
+from tests.parity_cases import geometry_weighted_loss as WeightedLoss
 from torch_ref.lift3d.geometry import ImplicitVolume as TorchImplicitVolume
-
-SMALL_GRID = {"n_levels": 8, "log2_hashmap_size": 12}
-EXPECTED_NAMES = {
-    "encoding.encoding.encoding.params",
-    "density_network.layers.0.weight", "density_network.layers.2.weight",
-    "feature_network.layers.0.weight", "feature_network.layers.2.weight",
-}
-
-
-class WeightedLoss(nn.Cell):
-    """Scalar that touches density, features and normals with fixed random weights."""
-
-    def __init__(self, geometry, weights):
-        super().__init__()
-        self.geometry = geometry
-        self.w = ms.Tensor(weights)
-
-    def construct(self, points):
-        d, f, n = self.geometry.forward_with_normal(points)
-        return (d * self.w[:, :1]).sum() + (f * self.w[:, 1:4]).sum() + (n * self.w[:, 4:]).sum()
-
-
-def make_pair(cfg, grid_scale=0.5, seed=0):
-    """Torch geometry with random weights (grid values of order grid_scale) and its MindSpore copy."""
-    torch.manual_seed(seed)
-    tgeo = TorchImplicitVolume(cfg)
-    with torch.no_grad():
-        tgeo.encoding.encoding.encoding.params.uniform_(-grid_scale, grid_scale)
-    mgeo = ImplicitVolume(cfg)
-    loaded = load_state_dict(mgeo, {k: v.numpy() for k, v in tgeo.state_dict().items()}, strict=True)
-    assert set(loaded) == EXPECTED_NAMES
-    return tgeo, mgeo
-
-
-def inputs(n=128, seed=0):
-    rs = np.random.RandomState(seed)
-    return rs.uniform(-0.95, 0.95, (n, 3)).astype(np.float32), rs.randn(n, 7).astype(np.float32)
-
-
-def torch_run(tgeo, x, w):
-    tx = torch.from_numpy(x).requires_grad_(True)
-    d, f, n = tgeo.forward_with_normal(tx)
-    tw = torch.from_numpy(w)
-    loss = (d * tw[:, :1]).sum() + (f * tw[:, 1:4]).sum() + (n * tw[:, 4:]).sum()
-    names = [k for k, _ in tgeo.named_parameters()]
-    grads = torch.autograd.grad(loss, [p for _, p in tgeo.named_parameters()] + [tx])
-    return (d, f, n), dict(zip(names, grads[:-1])), grads[-1]
-
-
-def ms_run(mgeo, x, w):
-    loss = WeightedLoss(mgeo, w)
-    params = loss.trainable_params()
-    grad_fn = ms.value_and_grad(loss, 0, params)
-    _, (gx, gparams) = grad_fn(ms.Tensor(x))
-    outs = mgeo.forward_with_normal(ms.Tensor(x))
-    return outs, {p.name.replace("geometry.", "", 1): g for p, g in zip(params, gparams)}, gx
-
-
-CASES = {
-    "fd-softplus-magic3d": {"normal_type": "finite_difference"},
-    "laplacian-softplus-magic3d": {"normal_type": "finite_difference_laplacian"},
-    "analytic-softplus-magic3d": {"normal_type": "analytic"},
-    "analytic-truncexp-dreamfusion": {"normal_type": "analytic", "density_activation": "trunc_exp",
-                                      "density_bias": "blob_dreamfusion", "density_blob_scale": 5.0,
-                                      "density_blob_std": 0.2},
-    "fd-exp-constbias": {"normal_type": "finite_difference", "density_activation": "exp",
-                         "density_bias": -1.0},
-}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -119,8 +58,8 @@ def test_normals_point_outward_on_blob(normal_type):
     dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
     pts = dirs * rs.uniform(0.2, 0.8, (64, 1)).astype(np.float32)
     _, _, mn = blob_geometry(ImplicitVolume, normal_type).forward_with_normal(ms.Tensor(pts))
-    _, _, tn = blob_geometry(TorchImplicitVolume, normal_type).forward_with_normal(torch.from_numpy(pts))
-    for name, n in (("mindspore", mn.asnumpy()), ("torch_ref", tn.detach().numpy())):
+    _, _, tn = torch_module(blob_geometry(TorchImplicitVolume, normal_type)).forward_with_normal(to_torch(pts))
+    for name, n in (("mindspore", mn.asnumpy()), ("torch_ref", to_numpy(tn))):
         cos = np.sum(n * dirs, -1)
         print(f"[normal sign] {name} {normal_type}: min cos(normal, outward radial) {cos.min():.5f}")
         # forward differences are O(eps) off radial; the MVDream fork (no minus sign) gives cos ~ -1
@@ -168,7 +107,7 @@ def test_isosurface_grid_matches_torch():
     assert_parity(grid, tgeo.isosurface_grid(12), "isosurface grid")
     ticks = np.linspace(-1, 1, 12, dtype=np.float32)
     corner = mgeo.forward_density(ms.Tensor(np.array([[ticks[3], ticks[0], ticks[11]]]))).asnumpy()
-    np.testing.assert_allclose(grid[3, 0, 11], corner[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(grid[3, 0, 11], corner[0, 0], rtol=tolerance(1e-6))
     assert mgeo.isosurface_threshold == 25.0
 
 

@@ -18,110 +18,38 @@ from neutral.registry import find
 from mindspore_impl.lift3d.guidance import multiview_diffusion_guidance as msg
 from mindspore_impl.mvdream import schedule as ms_schedule
 from mindspore_impl.mvdream import unet as ms_unet
-from mindspore_impl.mvdream import vae as ms_vae
-from mindspore_impl.mvdream.cameras import create_camera_to_world_matrix
-from tests.parity import assert_parity, to_numpy
+from tests.parity import assert_parity, to_torch, tolerance, torch_module
+from tests.parity_cases import GUIDANCE_IMAGE as IMAGE_SIZE
+from tests.parity_cases import GUIDANCE_ORDER as ORDER
+from tests.parity_cases import GUIDANCE_VIEWS as N_VIEW
+from tests.parity_cases import guidance_c2w as _c2w
+from tests.parity_cases import guidance_cfg as _cfg
+from tests.parity_cases import guidance_inputs as _inputs
+from tests.parity_cases import guidance_models
+from tests.parity_cases import guidance_ms_step as _ms_step
+from tests.parity_cases import guidance_pair as _pair
+from tests.parity_cases import guidance_torch_step as _torch_step
+from tests.parity_cases import numpy_state, relative_to_max
+from tests.parity_cases import randomize_zero_tensors as _randomize
 from torch_ref.lift3d.guidance import multiview_diffusion_guidance as tg
 from torch_ref.mvdream import schedule as t_schedule
 from torch_ref.mvdream import unet as t_unet
-from torch_ref.mvdream import vae as t_vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny-mvdream.yaml")
-N_VIEW, IMAGE_SIZE, CTX = 4, 32, 32  # tiny VAE: 32x32 images -> 4 x 16 x 16 latents
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Default init leaves zero_module convs at 0 (eps would be 0): give every all-zero tensor values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 @pytest.fixture(scope="module")
 def models():
     """(torch unet, torch vae, MindSpore unet, MindSpore vae) with the same random weights."""
-    torch.manual_seed(0)
-    params = load_model_config(TINY)
-    tu = t_unet.build_from_config(dict(params["unet_config"]["params"])).eval()
-    tv = t_vae.build_from_config(dict(params["first_stage_config"]["params"])).eval()
-    _randomize(tu, 1)
-    _randomize(tv, 2)
-    state = {PREFIXES["unet"] + k: v.numpy() for k, v in tu.state_dict().items()}
-    state.update({PREFIXES["vae"] + k: v.numpy() for k, v in tv.state_dict().items()})
-    converted = convert_state_dict(state, params, parts=["unet", "vae"], log=lambda *_: None)
-    mu = ms_unet.build_from_config(dict(params["unet_config"]["params"]))
-    mv = ms_vae.build_from_config(dict(params["first_stage_config"]["params"]))
-    load_state_dict(mu, converted, prefix=PREFIXES["unet"])
-    load_state_dict(mv, converted, prefix=PREFIXES["vae"])
-    return tu, tv, mu, mv
-
-
-def _cfg(**kw):
-    base = dict(n_view=N_VIEW, image_size=IMAGE_SIZE, guidance_scale=50.0,
-                min_step_percent=[0, 0.98, 0.02, 8000], max_step_percent=[0, 0.98, 0.50, 8000])
-    base.update(kw)
-    return msg.Config(**base)
-
-
-def _pair(models, cfg):
-    tu, tv, mu, mv = models
-    tgd = tg.MultiviewDiffusionGuidance(cfg, tu, tv, t_schedule.NoiseSchedule())
-    mgd = msg.MultiviewDiffusionGuidance(cfg, mu, mv, ms_schedule.NoiseSchedule())
-    return tgd, mgd
-
-
-def _c2w(n_obj: int) -> np.ndarray:
-    mats = []
-    for o in range(n_obj):
-        for v in range(N_VIEW):
-            m = create_camera_to_world_matrix(10.0 + 5 * o, 30.0 + 90.0 * v)
-            m[:3, 3] *= 2.5  # off the unit sphere, so normalize_camera matters
-            mats.append(m)
-    return np.stack(mats).astype(np.float32)
-
-
-def _inputs(mgd, n_obj: int, hw: int = 24, seed: int = 0, global_step: int = 4000):
-    rng = np.random.default_rng(seed)
-    b = n_obj * N_VIEW
-    mgd.update_step(global_step)
-    inputs = mgd.sample_inputs(rng, b)
-    inputs["rgb"] = rng.uniform(0, 1, (b, hw, hw, 3)).astype(np.float32)
-    inputs["c2w"] = _c2w(n_obj)
-    inputs["text_embeddings"] = rng.standard_normal((2 * b, 77, CTX)).astype(np.float32)
-    return inputs
-
-
-ORDER = ("c2w", "text_embeddings", "t", "noise", "vae_noise")
+    return guidance_models()
 
 
 def assert_grad_parity(actual, reference, name, rel=1e-4):
     """Gradients are small here: compare them relative to the reference's max |value|."""
-    a, r = to_numpy(actual), to_numpy(reference)
-    scale = float(np.abs(r).max())
-    assert scale > 0, f"{name}: zero reference gradient"
+    a, r, scale = relative_to_max(actual, reference)
     print(f"[parity] {name}: max |ref| {scale:.3e}")
-    assert_parity(a / scale, r / scale, name + " (relative to max |ref|)", rel=rel)
-
-
-def _torch_step(tgd, inputs):
-    rgb = torch.tensor(inputs["rgb"], requires_grad=True)
-    rest = [torch.from_numpy(inputs[k]) for k in ORDER]
-    loss, grad_norm = tgd(rgb, *rest)
-    loss.backward()
-    return loss.detach(), rgb.grad, grad_norm
-
-
-def _ms_step(mgd, inputs):
-    rest = [ms.Tensor(inputs[k]) for k in ORDER]
-
-    def fn(rgb):
-        return mgd(rgb, *rest)
-
-    (loss, grad_norm), grad = ms.value_and_grad(fn, grad_position=0, has_aux=True)(ms.Tensor(inputs["rgb"]))
-    return loss, grad, grad_norm
+    assert_parity(a, r, name + " (relative to max |ref|)", rel=rel)
 
 
 @pytest.mark.parametrize("mode,rescale,n_obj", [("x0", 0.5, 2), ("x0", 0.0, 1), ("sds", 0.5, 1),
@@ -193,17 +121,17 @@ def test_x0_loss_formula(models):
     tgd, mgd = _pair(models, _cfg(guidance_mode="x0", recon_std_rescale=0.5))
     tgd.update_step(4000)
     inputs = _inputs(mgd, 1, hw=IMAGE_SIZE)
-    rgb = torch.from_numpy(inputs["rgb"])
+    rgb = to_torch(inputs["rgb"])
     with torch.no_grad():
-        loss, _ = tgd(rgb, *[torch.from_numpy(inputs[k]) for k in ORDER])
+        loss, _ = tgd(rgb, *[to_torch(inputs[k]) for k in ORDER])
         x = rgb.permute(0, 3, 1, 2) * 2 - 1
-        z = tgd.vae.encode(x).sample(torch.from_numpy(inputs["vae_noise"])) * 0.18215
-        t = torch.from_numpy(inputs["t"]).long().repeat(4)
+        z = tgd.vae.encode(x).sample(to_torch(inputs["vae_noise"])) * 0.18215
+        t = to_torch(inputs["t"]).long().repeat(4)
         ns = tgd.noise_schedule
-        x_t = ns.q_sample(z, t, torch.from_numpy(inputs["noise"]))
+        x_t = ns.q_sample(z, t, to_torch(inputs["noise"]))
         from torch_ref.mvdream.cameras import normalize_camera
-        cam = normalize_camera(torch.from_numpy(inputs["c2w"]))
-        eps = tgd.unet(torch.cat([x_t] * 2), t.repeat(2), torch.from_numpy(inputs["text_embeddings"]),
+        cam = normalize_camera(to_torch(inputs["c2w"]))
+        eps = tgd.unet(torch.cat([x_t] * 2), t.repeat(2), to_torch(inputs["text_embeddings"]),
                        cam.repeat(2, 1), N_VIEW)
         e_c, e_u = eps.chunk(2)
         e = e_u + 50.0 * (e_c - e_u)
@@ -224,10 +152,10 @@ def test_recon_std_factor_per_group():
                 for g in range(2)]
     assert_parity(factor, np.array(expected), "per-group std factor", rel=1e-5)
     assert factor[0] / factor[1] == pytest.approx(3.0, rel=0.3)  # the groups really differ
-    t_factor = tg.recon_std_factor(torch.from_numpy(a), torch.from_numpy(b), 4).reshape(-1)
+    t_factor = tg.recon_std_factor(to_torch(a), to_torch(b), 4).reshape(-1)
     assert_parity(factor, t_factor, "per-group std factor vs torch_ref", rel=1e-5)
     out = msg.rescale_x0(ms.Tensor(b), ms.Tensor(a), 4, 0.5).asnumpy()
-    ref = tg.rescale_x0(torch.from_numpy(b), torch.from_numpy(a), 4, 0.5)
+    ref = tg.rescale_x0(to_torch(b), to_torch(a), 4, 0.5)
     assert_parity(out, ref, "rescale_x0 vs torch_ref", rel=1e-5)
 
 
@@ -295,7 +223,8 @@ def test_from_config_loads_the_converted_checkpoint(tmp_path):
                min_step_percent=[0, 0.98, 0.02, 8000], max_step_percent=[0, 0.98, 0.50, 8000])
     mgd = find("multiview-diffusion-guidance").from_config(cfg)
     assert mgd.trainable_params() == [] and mgd.latent_shape() == (4, 16, 16)
-    tgd = tg.MultiviewDiffusionGuidance(mgd.cfg, modules["unet"], modules["vae"], t_schedule.NoiseSchedule())
+    tgd = torch_module(tg.MultiviewDiffusionGuidance(mgd.cfg, modules["unet"], modules["vae"],
+                                                     t_schedule.NoiseSchedule()))
     tgd.update_step(4000)
     inputs = _inputs(mgd, 1)
     t_loss, t_grad, _ = _torch_step(tgd, inputs)
@@ -311,7 +240,7 @@ def test_from_config_loads_the_converted_checkpoint(tmp_path):
     assert h_grad.dtype == ms.float32
     rel = abs(float(h_loss) - float(t_loss)) / float(t_loss)
     print(f"[half] fp16 weights loss {float(h_loss):.4f} vs fp32 {float(t_loss):.4f} (rel {rel:.2e})")
-    assert rel < 2e-2
+    assert rel < tolerance(2e-2, dtype="float16")
 
 
 def _pixel_space_inputs(mgd):
@@ -353,13 +282,14 @@ def test_pixel_space_x0_clip_parity():
     torch.manual_seed(0)
     tu = t_unet.build_from_config(dict(params["unet_config"]["params"])).eval()
     _randomize(tu, 3)
-    state = {PREFIXES["unet"] + k: v.numpy() for k, v in tu.state_dict().items()}
+    state = numpy_state(tu, PREFIXES["unet"])
     converted = convert_state_dict(state, params, parts=["unet"], log=lambda *_: None)
     mu = ms_unet.build_from_config(dict(params["unet_config"]["params"]))
     load_state_dict(mu, converted, prefix=PREFIXES["unet"])
     cfg = msg.Config(n_view=N_VIEW, image_size=32, guidance_scale=20.0, recon_std_rescale=0.5,
                      min_step_percent=0.5, max_step_percent=0.5)
-    tgd = tg.MultiviewDiffusionGuidance(cfg, tu, TIdentity(3, 2), t_schedule.NoiseSchedule.from_config(params), 1.0)
+    tgd = torch_module(tg.MultiviewDiffusionGuidance(cfg, tu, TIdentity(3, 2),
+                                                     t_schedule.NoiseSchedule.from_config(params), 1.0))
     mgd = msg.MultiviewDiffusionGuidance(cfg, mu, MsIdentity(3, 2), ms_schedule.NoiseSchedule.from_config(params), 1.0)
     assert mgd.clip_x0 and tgd.clip_x0
     tgd.update_step(0)

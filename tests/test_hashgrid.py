@@ -3,88 +3,18 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import mindspore as ms
 
 from mindspore_impl.lift3d.geometry.hashgrid import HashGrid
 from neutral.lift3d.hashgrid import level_layouts, parse_hashgrid_config
-from tests.parity import assert_parity
-from torch_ref.lift3d.geometry.hashgrid import HashGrid as TorchHashGrid
-
-UPSTREAM = {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
-            "base_resolution": 16, "per_level_scale": 1.447269237440378}
-# base 8, x1.5 per level, 2^12 rows: levels 0-1 dense (512 and 1728 cells + padding), 2-7 hashed
-SMALL = {"n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 12, "base_resolution": 8,
-         "per_level_scale": 1.5, "seed": 7}
-
-
-# ---- independent numpy reference: written from grid.h, sharing no code with the modules ----
-def np_layout(cfg):
-    """Per level (scale, resolution, row offset, rows, dense) as in GridEncodingTemplated's constructor."""
-    out, offset = [], 0
-    for lvl in range(cfg["n_levels"]):
-        scale = np.exp2(np.float32(lvl) * np.log2(np.float32(cfg["per_level_scale"]))) \
-            * np.float32(cfg["base_resolution"]) - np.float32(1)
-        res = int(np.ceil(scale)) + 1
-        rows = min(((res ** 3 + 7) // 8) * 8, 2 ** cfg["log2_hashmap_size"])
-        out.append((np.float32(scale), res, offset, rows, res ** 3 <= rows))
-        offset += rows
-    return out
-
-
-def np_grid_index(corner, res, rows, dense):
-    """grid_index(): uint32 dense index with stride = resolution, else fast_hash; then % rows."""
-    c = corner.astype(np.uint32)
-    if dense:
-        idx = c[..., 0] + c[..., 1] * np.uint32(res) + c[..., 2] * np.uint32(res * res)
-    else:
-        idx = (c[..., 0] * np.uint32(1)) ^ (c[..., 1] * np.uint32(2654435761)) \
-            ^ (c[..., 2] * np.uint32(805459861))
-    return (idx % np.uint32(rows)).astype(np.int64)
-
-
-def np_encode(x, params, cfg):
-    """Returns (N, L*F) encoding and the (N, L, 8) table rows / trilinear weights it used."""
-    nf = cfg["n_features_per_level"]
-    table = params.reshape(-1, nf)
-    outs, all_rows, all_w = [], [], []
-    for scale, res, offset, rows, dense in np_layout(cfg):
-        pos = x.astype(np.float32) * scale + np.float32(0.5)
-        grid = np.floor(pos)
-        frac = pos - grid
-        acc = np.zeros((len(x), nf), np.float64)
-        lvl_rows, lvl_w = [], []
-        for corner in range(8):
-            bit = np.array([(corner >> d) & 1 for d in range(3)])
-            w = np.prod(np.where(bit == 1, frac, 1.0 - frac), axis=-1)
-            r = offset + np_grid_index(grid.astype(np.int64) + bit, res, rows, dense)
-            acc += w[:, None] * table[r]
-            lvl_rows.append(r)
-            lvl_w.append(w)
-        outs.append(acc)
-        all_rows.append(np.stack(lvl_rows, -1))
-        all_w.append(np.stack(lvl_w, -1))
-    return np.concatenate(outs, -1).astype(np.float32), np.stack(all_rows, 1), np.stack(all_w, 1)
-
-
-def random_points(n, seed=0):
-    x = np.random.RandomState(seed).rand(n, 3).astype(np.float32)
-    x[0] = 0.0      # corners of the unit cube exercise the stride-wrapping of dense levels
-    x[1] = 1.0
-    x[2] = [1.0, 0.0, 0.5]
-    return x
-
-
-def big_params(n, seed=3):
-    """Table values of order 1 so a wrong index shows up (the default init is +-1e-4)."""
-    return np.random.RandomState(seed).uniform(-1, 1, n).astype(np.float32)
-
-
-def make_ms(cfg, params):
-    grid = HashGrid(3, cfg)
-    grid.params.set_data(ms.Tensor(params))
-    return grid
+from tests.parity import assert_parity, to_numpy, to_torch
+from tests.parity_cases import HASHGRID_SMALL as SMALL
+from tests.parity_cases import HASHGRID_UPSTREAM as UPSTREAM
+from tests.parity_cases import hashgrid_params as big_params
+from tests.parity_cases import hashgrid_points as random_points
+from tests.parity_cases import ms_hashgrid as make_ms
+from tests.parity_cases import np_encode, np_layout, torch_hashgrid
 
 
 def test_small_layout_has_dense_and_hashed_levels():
@@ -104,8 +34,8 @@ def test_encoding_matches_numpy_tcnn_formula(cfg):
     out = make_ms(cfg, params)(ms.Tensor(x))
     assert out.shape == (len(x), cfg["n_levels"] * cfg["n_features_per_level"])
     assert_parity(out, ref, f"hashgrid[{len(x)} pts] vs numpy grid.h", rel=1e-5)
-    tgrid = TorchHashGrid(3, cfg, params=params)
-    assert_parity(tgrid(torch.from_numpy(x)), ref, "torch_ref hashgrid vs numpy grid.h", rel=1e-5)
+    tgrid = torch_hashgrid(cfg, params)
+    assert_parity(tgrid(to_torch(x)), ref, "torch_ref hashgrid vs numpy grid.h", rel=1e-5)
 
 
 def test_upstream_config_resolutions():
@@ -129,7 +59,8 @@ def test_init_range_and_seed():
     assert abs(float(a.mean())) < 5e-6 and a.std() > 5e-5  # uniform: std = 1e-4 / sqrt(3)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    np.testing.assert_array_equal(TorchHashGrid(3, SMALL).params.detach().numpy(), a)
+    from torch_ref.lift3d.geometry.hashgrid import HashGrid as TorchHashGrid
+    np.testing.assert_array_equal(to_numpy(TorchHashGrid(3, SMALL).params), a)
 
 
 def test_table_gradient_only_at_touched_entries():

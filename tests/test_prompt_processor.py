@@ -13,7 +13,7 @@ from mindspore_impl.lift3d.prompt_processors import prompt_processor as pp
 from neutral.lift3d import prompt_processor as npp
 from mindspore_impl.mvdream import text_encoder as ms_text
 from neutral.mvdream.tokenizer import load_tokenizer
-from tests.parity import assert_parity
+from tests.parity import assert_parity, torch_module
 from tests.test_tokenizer import MERGES, open_clip_vocab
 from tests.tiny_mvdream_models import PREFIXES, TINY_CONFIG, tiny_params, torch_state, write_tiny_checkpoint
 from torch_ref.lift3d.prompt_processors import prompt_processor as tpp
@@ -40,7 +40,7 @@ def encoders(tokenizer_dir):
     load_state_dict(m, converted, prefix=PREFIXES["text_encoder"])
     tok = load_tokenizer(tokenizer_dir)
     ident = npp.weights_fingerprint((p.name, p.asnumpy()) for p in m.get_parameters())
-    return pp.make_encode_fn(tok, m), tpp.make_encode_fn(tok, modules["text_encoder"]), ident
+    return pp.make_encode_fn(tok, m), tpp.make_encode_fn(tok, torch_module(modules["text_encoder"])), ident
 
 
 class Counting:

@@ -8,13 +8,13 @@ import copy
 import mindspore as ms
 import numpy as np
 import pytest
-import torch
 from mindspore import Tensor
 
 from mindspore_impl.lift3d.renderers.ray_sampling import compact_slots, scatter_back
-from tests.parity import assert_parity
-from tests.test_renderer_parity import IMAGE_KEYS, build, make_rays
-from tests.test_system_step_parity import STEP, build_ms_system, texture_field, tiny, tiny_config, trained_state  # noqa: F401
+from tests.parity import assert_parity, to_numpy, to_torch
+from tests.parity_cases import IMAGE_KEYS, STEP, build_ms_system, make_rays, texture_field, tiny_config, trained_state
+from tests.parity_cases import renderer_pair as build
+from tests.test_system_step_parity import tiny  # noqa: F401  (a fixture)
 from torch_ref.lift3d.renderers.ray_sampling import compact_slots as pt_compact_slots
 
 
@@ -30,9 +30,9 @@ def test_compact_slots_against_numpy(bucket):
     np.testing.assert_array_equal(slot, expect_slot)
     np.testing.assert_array_equal(source[:len(kept)], kept)
     assert np.all(source[len(kept):] == 0)
-    t_slot, t_source, t_count = pt_compact_slots(torch.from_numpy(occ), bucket)
-    np.testing.assert_array_equal(t_slot.numpy(), slot)
-    np.testing.assert_array_equal(t_source.numpy(), source)
+    t_slot, t_source, t_count = pt_compact_slots(to_torch(occ), bucket)
+    np.testing.assert_array_equal(t_slot.cpu().numpy(), slot)
+    np.testing.assert_array_equal(t_source.cpu().numpy(), source)
     values = np.random.default_rng(0).normal(size=(bucket, 2)).astype(np.float32)
     back = scatter_back(Tensor(values), Tensor(slot.astype(np.int32))).asnumpy()
     np.testing.assert_array_equal(back[kept], values[:len(kept)])
@@ -86,10 +86,10 @@ def test_compacted_render_equals_dense_and_torch(mode):
     assert_parity(compact["normal"] * lit, dense["normal"] * lit, "compacted vs dense normal where weighted", rel=1e-5)
     for a, b in zip(compact_grads, dense_grads):
         assert_parity(a, b, "compacted vs dense gradient", rel=1e-5)
-    pt_in = [torch.from_numpy(x) for x in inputs]
+    pt_in = [to_torch(x) for x in inputs]
     pt_out = pt_r.render_ray_chunk(*pt_in, None, "diffuse", None, None, bucket)
     for key in IMAGE_KEYS + ("weights",):
-        assert_parity(compact[key], pt_out[key].detach().numpy(), f"compacted ms vs torch {key}")
+        assert_parity(compact[key], to_numpy(pt_out[key]), f"compacted ms vs torch {key}")
     assert pt_out["occupied"].tolist() == occupied.tolist()
 
 

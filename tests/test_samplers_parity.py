@@ -7,43 +7,25 @@ torch to MindSpore through the project's converter.
 import mindspore as ms
 import numpy as np
 import pytest
-import torch
 
 from mindspore_impl.mvdream import samplers as mss
 from mindspore_impl.mvdream.schedule import NoiseSchedule, make_alphas_cumprod
-from tests.parity import assert_parity
+from tests.parity import assert_parity, to_numpy, to_torch, torch_module
+from tests.parity_cases import ms_unet_fn as _ms_model_fn
+from tests.parity_cases import run_samplers as _run_both
+from tests.parity_cases import sampler_inputs as _inputs
+from tests.parity_cases import stand_in_ms as _stand_in_ms
+from tests.parity_cases import stand_in_torch as _stand_in_torch
+from tests.parity_cases import torch_unet_fn as _torch_model_fn
 from tests.tiny_mvdream_models import tiny_unet_pair
 from torch_ref.mvdream import samplers as ts
 from torch_ref.mvdream.schedule import NoiseSchedule as TNoiseSchedule
 
-F = 4
-
 
 @pytest.fixture(scope="module")
 def unets():
-    return tiny_unet_pair(seed=0)
-
-
-def _inputs(ctx_dim, seed=1):
-    rng = np.random.RandomState(seed)
-    x_T = rng.standard_normal((F, 4, 8, 8)).astype(np.float32)
-    c = rng.standard_normal((F, 77, ctx_dim)).astype(np.float32)
-    uc = rng.standard_normal((F, 77, ctx_dim)).astype(np.float32)
-    from mindspore_impl.mvdream.cameras import get_camera
-    cam = get_camera(F, elevation=15, azimuth_start=90)
-    return x_T, c, uc, cam
-
-
-def _ms_model_fn(unet):
-    def fn(x, t, ctx, cam, num_frames):
-        return unet(x, t, ctx, cam, num_frames=num_frames)
-    return fn
-
-
-def _torch_model_fn(unet):
-    def fn(x, t, ctx, cam, num_frames):
-        return unet(x, t, context=ctx, camera=cam, num_frames=num_frames)
-    return fn
+    ms_unet, t_unet, ctx_dim = tiny_unet_pair(seed=0)
+    return ms_unet, torch_module(t_unet), ctx_dim
 
 
 def test_schedule_values_and_q_sample():
@@ -55,7 +37,7 @@ def test_schedule_values_and_q_sample():
     x0, noise = rng.standard_normal((2, 4, 8, 8)).astype(np.float32), rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
     t = np.array([10, 900])
     a = NoiseSchedule().q_sample(ms.Tensor(x0), ms.Tensor(t.astype(np.int32)), ms.Tensor(noise))
-    r = TNoiseSchedule().q_sample(torch.tensor(x0), torch.tensor(t), torch.tensor(noise))
+    r = torch_module(TNoiseSchedule()).q_sample(to_torch(x0), to_torch(t), to_torch(noise))
     expect = np.sqrt(ac[t])[:, None, None, None] * x0 + np.sqrt(1 - ac[t])[:, None, None, None] * noise
     assert_parity(a, r, "q_sample", rel=1e-6)
     assert_parity(a, expect, "q_sample vs formula", rel=1e-6)
@@ -76,38 +58,8 @@ def test_dpmpp_schedule_twin():
         t1, s1 = mss.dpmpp_schedule(ac, 20, karras)
         t2, s2 = ts.dpmpp_schedule(ac, 20, karras)
         np.testing.assert_array_equal(t1, t2)
-        np.testing.assert_allclose(s1, s2.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(s1, to_numpy(s2), rtol=1e-6)  # host math in both trees
         assert s1[-1] == 0 and t1[0] == 999 and len(t1) == 20
-
-
-def _stand_in_ms(x, t, ctx, cam, num_frames):
-    """A cheap multiview 'UNet': mixes the views of a group, the context, camera and timestep."""
-    from mindspore import ops
-    b = x.shape[0]
-    group_mean = x.reshape(b // num_frames, num_frames, -1).mean(axis=1, keep_dims=True)
-    mix = ops.tile(group_mean, (1, num_frames, 1)).reshape(x.shape)
-    bias = ctx.mean(axis=(1, 2)).reshape(b, 1, 1, 1) + cam.sum(axis=1).reshape(b, 1, 1, 1) * 0.1
-    return ops.tanh(0.8 * x + 0.3 * mix + bias) * float(np.cos(t.asnumpy()[0] / 1000.0))
-
-
-def _stand_in_torch(x, t, ctx, cam, num_frames):
-    b = x.shape[0]
-    group_mean = x.reshape(b // num_frames, num_frames, -1).mean(dim=1, keepdim=True)
-    mix = group_mean.repeat(1, num_frames, 1).reshape(x.shape)
-    bias = ctx.mean(dim=(1, 2)).reshape(b, 1, 1, 1) + cam.sum(dim=1).reshape(b, 1, 1, 1) * 0.1
-    return torch.tanh(0.8 * x + 0.3 * mix + bias) * float(np.cos(t[0].item() / 1000.0))
-
-
-def _run_both(ms_model_fn, t_model_fn, x_T, c, uc, cam, sampler, steps, eta, karras, scale, clip_x0=None, ac=None):
-    ac = make_alphas_cumprod() if ac is None else ac
-    ms_eps = mss.guided_eps_fn(ms_model_fn, ms.Tensor(c), ms.Tensor(uc), scale, ms.Tensor(cam), F)
-    t_eps = ts.guided_eps_fn(t_model_fn, torch.tensor(c), torch.tensor(uc), scale, torch.tensor(cam), F)
-    out_ms = mss.sample(sampler, ms_eps, ms.Tensor(x_T), ac, steps, eta=eta, rng=np.random.RandomState(5),
-                        karras=karras, clip_x0=clip_x0)
-    with torch.no_grad():
-        out_t = ts.sample(sampler, t_eps, torch.tensor(x_T), ac, steps, eta=eta, rng=np.random.RandomState(5),
-                          karras=karras, clip_x0=clip_x0)
-    return out_ms, out_t
 
 
 @pytest.mark.parametrize("sampler,eta,karras", [("ddim", 0.0, False), ("ddim", 1.0, False),

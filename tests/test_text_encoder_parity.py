@@ -6,16 +6,20 @@ import os
 import mindspore as ms
 import numpy as np
 import pytest
-import torch
 
 from convert.hf_clip import convert_hf_text_encoder, hf_to_openclip
 from convert.keymaps import TEXT_ENCODER, expected_torch_shapes, name_map
 from neutral.mvdream.model_config import load_model_config
-from convert.pt2ms import convert_state_dict
 from mindspore_impl.core.checkpoint import CheckpointError, load_state_dict
 from neutral.config import ConfigError
 from mindspore_impl.mvdream import text_encoder as ms_te
-from tests.parity import assert_parity
+from tests.parity import assert_parity, torch_module
+from tests.parity_cases import numpy_state
+from tests.parity_cases import text_ms_from_original as ms_from_original
+from tests.parity_cases import text_run_torch as run_torch
+from tests.parity_cases import text_tokens as tokens
+from tests.parity_cases import text_torch_model as torch_model
+from tests.parity_cases import text_with_layer as with_layer
 from torch_ref.mvdream import text_encoder as pt_te
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,50 +28,11 @@ FULL = load_model_config(os.path.join(ROOT, "configs", "sd-v2-base.yaml"))
 PREFIX = TEXT_ENCODER.prefix
 
 
-def with_layer(model_params: dict, layer: str) -> dict:
-    mp = copy.deepcopy(model_params)
-    mp["cond_stage_config"]["params"]["layer"] = layer
-    return mp
-
-
-def torch_model(model_params: dict, seed: int = 0) -> pt_te.TextTransformer:
-    """Random weights everywhere (LayerNorm scales around 1) so a wrong key map shows."""
-    model = pt_te.build_from_config(model_params["cond_stage_config"]["params"]).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if ".ln_" in f".{name}" and name.endswith("weight") else 0.2 * noise)
-    return model
-
-
-def ms_from_original(model_params: dict, original: dict) -> ms_te.TextTransformer:
-    converted = convert_state_dict(original, model_params, parts=["text_encoder"], log=lambda *_: None)
-    model = ms_te.build_from_config(model_params["cond_stage_config"]["params"])
-    load_state_dict(model, converted, prefix=PREFIX, strict=True)
-    return model
-
-
-def tokens(batch: int = 2, seed: int = 3) -> np.ndarray:
-    """CLIP-like ids: start, random text, end, zero padding."""
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((batch, 77), np.int32)
-    for b, n in enumerate(rng.integers(3, 30, batch)):
-        ids[b, 0], ids[b, n + 1] = 49406, 49407
-        ids[b, 1:n + 1] = rng.integers(0, 49406, n)
-    return ids
-
-
-def run_torch(model, ids):
-    with torch.no_grad():
-        return model(torch.from_numpy(ids.astype(np.int64)))
-
-
 @pytest.mark.parametrize("layer", ["penultimate", "last"])
 def test_openclip_layout_parity(layer):
     mp = with_layer(TINY, layer)
     pt = torch_model(mp)
-    msm = ms_from_original(mp, {PREFIX + k: v.numpy() for k, v in pt.state_dict().items()})
+    msm = ms_from_original(mp, numpy_state(pt, PREFIX))
     ids = tokens()
     ref = run_torch(pt, ids)
     out = msm(ms.Tensor(ids))
@@ -84,6 +49,7 @@ def test_penultimate_skips_exactly_the_last_block():
     state = {k: v for k, v in pt.state_dict().items() if ".resblocks.2." not in k}
     pt_short = pt_te.build_from_config(short["cond_stage_config"]["params"]).eval()
     pt_short.load_state_dict(state, strict=True)
+    torch_module(pt_short)
     ids = tokens()
     assert_parity(run_torch(pt_short, ids), run_torch(pt, ids), "2-layer last vs 3-layer penultimate", rel=1e-6)
 
@@ -110,7 +76,7 @@ def to_hf_layout(openclip: dict, layers: int) -> dict:
 def test_hf_layout_equals_openclip_layout():
     """SD 2.1's 23-of-24-layer HF encoder ('last') == OpenCLIP 'penultimate' (tiny: 2 of 3 layers)."""
     pt = torch_model(TINY)
-    openclip = {k: v.numpy() for k, v in pt.state_dict().items()}
+    openclip = numpy_state(pt)
     ids = tokens()
     ref = run_torch(pt, ids)
     ms_openclip = ms_from_original(TINY, {PREFIX + k: v for k, v in openclip.items()})
@@ -132,7 +98,7 @@ def test_hf_layout_equals_openclip_layout():
 
 
 def test_hf_layout_errors():
-    openclip = {k: v.numpy() for k, v in torch_model(TINY).state_dict().items()}
+    openclip = numpy_state(torch_model(TINY))
     hf = to_hf_layout(openclip, layers=3)
     del hf["text_model.encoder.layers.1.self_attn.k_proj.bias"]
     with pytest.raises(CheckpointError, match=r"layers\.1\.self_attn\.k_proj\.bias"):
@@ -145,7 +111,7 @@ def test_hf_layout_errors():
 
 def test_graph_mode_matches_pynative():
     pt = torch_model(TINY)
-    msm = ms_from_original(TINY, {PREFIX + k: v.numpy() for k, v in pt.state_dict().items()})
+    msm = ms_from_original(TINY, numpy_state(pt, PREFIX))
     ids = ms.Tensor(tokens())
     eager = msm(ids).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)

@@ -1,85 +1,22 @@
 """MindSpore vs torch_ref multiview diffusion training: the loss and its gradients (pixel-space and VAE
 first stage), and two full AdamW steps (the MindSpore one built by core/train_step.py, as the training system
 mvdream/diffusion_system.py builds it), from the same converted weights, batch, timesteps and noise."""
-import os
-
 import numpy as np
 import pytest
 
-from tests.parity import assert_parity
-from tests.test_train_mvdiffusion import ROOT, files, random_data  # noqa: F401  (files is a fixture)
-
-
-def _torch_models(mp, seed=0):
-    from tests.tiny_mvdream_models import randomize
-    from torch_ref.mvdream import first_stage, text_encoder, unet
-    u = unet.build_from_config(dict(mp["unet_config"]["params"]))
-    fs = first_stage.build_first_stage(dict(mp["first_stage_config"]))
-    te = text_encoder.build_from_config(dict(mp["cond_stage_config"]["params"]))
-    for i, m in enumerate((u, fs, te)):
-        randomize(m, seed + i)
-    return u, fs, te
+from tests.parity import assert_parity, to_numpy, torch_device, torch_module
+from tests.parity_cases import mvdiffusion_loss_case, mvdiffusion_torch_models as _torch_models, numpy_state
+from tests.test_train_mvdiffusion import files, random_data  # noqa: F401  (files is a fixture)
 
 
 @pytest.mark.parametrize("config", ["pixel", "vae"])
 def test_loss_parity_with_torch(files, config):
     """Same weights (through the converter), same batch, t, dropout and noise: loss and gradients agree."""
-    import mindspore as ms
-
-    from neutral.mvdream.model_config import load_model_config
-    from convert.pt2ms import convert_state_dict
-    from mindspore_impl.mvdream import first_stage as ms_fs, text_encoder as ms_te, unet as ms_unet
-    from mindspore_impl.mvdream.schedule import NoiseSchedule
-    from neutral.mvdream.tokenizer import load_tokenizer
-    from mindspore_impl.mvdream.training import MultiviewDiffusionLoss, load_named, model_parameters, step_inputs
-    from neutral.mvdream.training import images_to_model, sample_step_noise
-    from torch_ref.mvdream import schedule as t_schedule, training as t_training
-
-    path = files["model_config"] if config == "pixel" else os.path.join(ROOT, "configs", "tiny-mvdream.yaml")
-    mp = load_model_config(path)
-    tu, tfs, tte = _torch_models(mp)
-    state = {}
-    for prefix, m in (("model.diffusion_model.", tu), ("first_stage_model.", tfs), ("cond_stage_model.model.", tte)):
-        state.update({prefix + k: v.detach().numpy() for k, v in m.state_dict().items()})
-    converted = convert_state_dict(state, mp, log=lambda *_: None)
-    mu = ms_unet.build_from_config(dict(mp["unet_config"]["params"]))
-    mfs = ms_fs.build_first_stage(dict(mp["first_stage_config"]))
-    mte = ms_te.build_from_config(dict(mp["cond_stage_config"]["params"]))
-    load_named(model_parameters(mu, mfs, mte), converted, "converted torch weights")
-
-    tok = load_tokenizer(files["tokenizer"])
-    scale = float(mp["scale_factor"])
-    f, b = 4, 2
-    size = int(mp["unet_config"]["params"]["image_size"]) * ms_fs.downsample_of(mp["first_stage_config"])
-    latent = (int(mp["unet_config"]["params"]["in_channels"]),) + (int(mp["unet_config"]["params"]["image_size"]),) * 2
-    data = random_data(n=b, size=size, seed=3)
-    rng = np.random.default_rng(5)
-    batch = {"images": images_to_model(data["images"]), "camera": data["cameras"].reshape(-1, 16),
-             "tokens": tok(data["captions"]).astype(np.int32)}
-    batch.update(sample_step_noise(rng, b, f, latent, 1000, 0.0, "object"))
-    batch["drop"] = np.array([0.0, 1.0], np.float32)  # the second caption becomes the empty prompt
-    vocab = int(mp["cond_stage_config"]["params"]["arch"]["vocab_size"])
-    assert batch["tokens"].max() < vocab
-
-    empty = tok([""])
-    m_loss = MultiviewDiffusionLoss(mu, mfs, mte, NoiseSchedule(), empty, f, scale)
-    t_loss = t_training.MultiviewDiffusionLoss(tu, tfs, tte, t_schedule.NoiseSchedule(), empty, f, scale)
-    for p in mfs.get_parameters():
-        p.requires_grad = False
-    trainable = list(mu.trainable_params()) + list(mte.trainable_params())
-    loss_ms, grads_ms = ms.value_and_grad(m_loss, None, ms.ParameterTuple(trainable))(*step_inputs(batch))
-    loss_t = t_loss(*t_training.step_inputs(batch))
-    loss_t.backward()
-    assert_parity(loss_ms.asnumpy(), loss_t.detach().numpy(), f"{config} training loss")
-    # gradients: the UNet's first conv and output conv, the text tower's token embedding
-    t_named = dict(list(tu.named_parameters()) + [("te." + k, v) for k, v in tte.named_parameters()])
-    ms_names = [n for n, _ in mu.parameters_and_names()] + ["te." + n for n, _ in mte.parameters_and_names()]
-    grads = dict(zip(ms_names, grads_ms))
-    pairs = {"input_blocks.0.0.weight": "input_blocks.0.0.weight", "out.2.weight": "out.2.weight",
-             "te.token_embedding.embedding_table": "te.token_embedding.weight"}
-    for ms_name, t_name in pairs.items():
-        assert_parity(grads[ms_name].asnumpy(), t_named[t_name].grad.numpy(), f"{config} grad {ms_name}", rel=1e-4)
-    assert float(np.abs(grads["te.token_embedding.embedding_table"].asnumpy()).max()) > 0  # text is trained
+    case = mvdiffusion_loss_case(config, files["tokenizer"])
+    assert_parity(*case["loss"], f"{config} training loss")
+    for ms_name, (got, ref) in case["grads"].items():
+        assert_parity(got, ref, f"{config} grad {ms_name}", rel=1e-4)
+    assert case["trained_text"] > 0  # text is trained
 
 
 def test_train_step_parity_with_torch(files):
@@ -102,7 +39,7 @@ def test_train_step_parity_with_torch(files):
     tu, tfs, tte = _torch_models(mp, seed=7)
     state = {}
     for prefix, m in (("model.diffusion_model.", tu), ("cond_stage_model.model.", tte)):
-        state.update({prefix + k: v.detach().numpy() for k, v in m.state_dict().items()})
+        state.update(numpy_state(m, prefix))
     mu = ms_unet.build_from_config(dict(mp["unet_config"]["params"]))
     mfs = ms_fs.build_first_stage(dict(mp["first_stage_config"]))
     mte = ms_te.build_from_config(dict(mp["cond_stage_config"]["params"]))
@@ -119,13 +56,13 @@ def test_train_step_parity_with_torch(files):
     opt = build_optimizer("AdamW", [{"params": list(named.values())}],
                           {"lr": hp["lr"], "betas": hp["betas"], "eps": hp["eps"], "weight_decay": hp["weight_decay"]})
     m_step = make_train_step(training_forward(m_loss), opt, grad_clip=0.05, jit=False)
-    t_loss = t_training.MultiviewDiffusionLoss(tu, tfs, tte, t_schedule.NoiseSchedule(), empty, 4, 1.0)
+    t_loss = torch_module(t_training.MultiviewDiffusionLoss(tu, tfs, tte, t_schedule.NoiseSchedule(), empty, 4, 1.0))
     t_step = t_training.make_train_step(t_loss, list(tu.parameters()) + list(tte.parameters()), grad_clip=0.05, **hp)
     ms_losses = [float(m_step(*step_inputs(batch))[0].asnumpy()) for _ in range(2)]
-    t_losses = [float(t_step(*t_training.step_inputs(batch))) for _ in range(2)]
+    t_losses = [float(t_step(*t_training.step_inputs(batch, torch_device()))) for _ in range(2)]
     print(f"two-step losses: MindSpore {ms_losses}, torch {t_losses}")
     assert_parity(np.array(ms_losses), np.array(t_losses), "losses of steps 1-2 (AdamW, clip)")
-    assert_parity(named["model.diffusion_model.out.2.weight"].asnumpy(), tu.out[2].weight.detach().numpy(),
+    assert_parity(named["model.diffusion_model.out.2.weight"].asnumpy(), to_numpy(tu.out[2].weight),
                   "UNet out.2.weight after 2 steps", rel=1e-4)
     assert_parity(named["cond_stage_model.model.token_embedding.embedding_table"].asnumpy(),
-                  tte.token_embedding.weight.detach().numpy(), "token_embedding after 2 steps", rel=1e-4)
+                  to_numpy(tte.token_embedding.weight), "token_embedding after 2 steps", rel=1e-4)

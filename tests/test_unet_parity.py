@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from convert.io import read_torch_checkpoint, write_torch_checkpoint
 from convert.keymaps import UNET, expected_torch_shapes, name_map
 from neutral.mvdream.model_config import load_model_config
-from convert.pt2ms import convert_state_dict
-from mindspore_impl.core.checkpoint import load_state_dict
-from tests.parity import assert_parity
+from tests.parity import assert_parity, to_numpy, to_torch, torch_module
+from tests.parity_cases import randomize_unet as randomize
+from tests.parity_cases import tiny_unet_params
+from tests.parity_cases import unet_inputs as make_inputs
+from tests.parity_cases import unet_ms_run as ms_run
+from tests.parity_cases import unet_ms_twin as ms_twin
+from tests.parity_cases import unet_pair
+from tests.parity_cases import unet_torch_run as torch_run
 
 import mindspore_impl.mvdream as ms_mvdream
 from mindspore_impl.mvdream import attention as ms_attention
@@ -26,72 +30,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = UNET.prefix
 
 
-def tiny_unet_params(**overrides) -> dict:
-    params = dict(load_model_config(os.path.join(ROOT, "configs", "tiny-mvdream.yaml"))["unet_config"]["params"])
-    params.update(overrides)
-    return params
-
-
-def randomize(module: torch.nn.Module, seed: int) -> None:
-    """Random weights everywhere (also the zero-initialised output convs, so every path is tested)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.ndim == 1 and name.endswith("weight"):  # GroupNorm / LayerNorm scales
-                p.copy_(1.0 + 0.1 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / p[0].numel() ** 0.5)
-
-
-def ms_twin(torch_model, params: dict, tmp_dir: str):
-    """MindSpore model holding torch_model's weights, moved through an original .pt and the converter."""
-    path = os.path.join(tmp_dir, "unet-original.pt")
-    write_torch_checkpoint({PREFIX + k: v.numpy() for k, v in torch_model.state_dict().items()}, path)
-    converted = convert_state_dict(read_torch_checkpoint(path), {"unet_config": {"params": params}})
-    model = ms_mvdream.MultiViewUNetModel(**params)
-    load_state_dict(model, converted, prefix=PREFIX, strict=True)
-    return model
-
-
-def make_inputs(batch: int, context_dim: int, camera: bool, seed: int):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, 4, 16, 16)).astype(np.float32)
-    t = rng.integers(0, 1000, batch).astype(np.float32)
-    ctx = rng.standard_normal((batch, 5, context_dim)).astype(np.float32)
-    cam = rng.standard_normal((batch, 16)).astype(np.float32) if camera else None
-    w = rng.standard_normal((batch, 4, 16, 16)).astype(np.float32)
-    return x, t, ctx, cam, w
-
-
-def torch_run(model, x, t, ctx, cam, w, num_frames):
-    """(output, d sum(out*w)/dx, d sum(out*w)/dcontext)."""
-    xt, ct = torch.tensor(x, requires_grad=True), torch.tensor(ctx, requires_grad=True)
-    out = model(xt, torch.tensor(t), ct, None if cam is None else torch.tensor(cam), num_frames=num_frames)
-    (out * torch.tensor(w)).sum().backward()
-    return out.detach().numpy(), xt.grad.numpy(), ct.grad.numpy()
-
-
-def ms_run(model, x, t, ctx, cam, w, num_frames):
-    cam_ms = None if cam is None else ms.Tensor(cam)
-
-    def loss(xx, cc):
-        out = model(xx, ms.Tensor(t), cc, cam_ms, num_frames)
-        return (out * ms.Tensor(w)).sum(), out
-
-    (_, out), (gx, gc) = ms.value_and_grad(loss, grad_position=(0, 1), has_aux=True)(ms.Tensor(x), ms.Tensor(ctx))
-    return out.asnumpy(), gx.asnumpy(), gc.asnumpy()
-
-
 @pytest.fixture(scope="module")
 def tiny4(tmp_path_factory):
     """Tiny UNet pair and the 4-view (2 objects x 4 views, with camera) PyNative results."""
-    params = tiny_unet_params()
-    pt_model = pt_mvdream.MultiViewUNetModel(**params).eval()
-    randomize(pt_model, seed=0)
-    ms_model = ms_twin(pt_model, params, str(tmp_path_factory.mktemp("tiny4")))
+    params, pt_model, ms_model = unet_pair(str(tmp_path_factory.mktemp("tiny4")), seed=0)
     inputs = make_inputs(8, params["context_dim"], camera=True, seed=1)
     return dict(params=params, pt=pt_model, ms=ms_model, inputs=inputs,
                 ref=torch_run(pt_model, *inputs, num_frames=4), got=ms_run(ms_model, *inputs, num_frames=4))
@@ -154,10 +96,11 @@ def test_v15_style_config(tmp_path):
     assert pt_model.input_blocks[3][1].proj_in.weight.shape == (64, 64, 1, 1)
     assert pt_model.input_blocks[3][1].transformer_blocks[0].attn1.heads == 2
     ms_model = ms_twin(pt_model, params, str(tmp_path))
+    torch_module(pt_model)
     x, t, ctx, cam, _ = make_inputs(4, 24, camera=True, seed=4)
     out = ms_model(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4)
     with torch.no_grad():
-        ref = pt_model(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
+        ref = pt_model(to_torch(x), to_torch(t), to_torch(ctx), to_torch(cam), num_frames=4)
     assert_parity(out, ref, "unet v1.5-style: output")
 
 
@@ -171,16 +114,17 @@ def test_norm_num_groups_extension(tmp_path):
     assert pt_model.out[0].num_groups == 8 and pt_model.input_blocks[1][0].in_layers[0].num_groups == 8
     assert pt_model.input_blocks[3][1].norm.num_groups == 8
     ms_model = ms_twin(pt_model, params, str(tmp_path))
+    torch_module(pt_model)
     assert ms_model.out[0].num_groups == 8
     x, t, ctx, cam, _ = make_inputs(4, params["context_dim"], camera=True, seed=6)
     out = ms_model(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4)
     with torch.no_grad():
-        ref = pt_model(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
+        ref = pt_model(to_torch(x), to_torch(t), to_torch(ctx), to_torch(cam), num_frames=4)
         default = pt_mvdream.MultiViewUNetModel(**tiny_unet_params())
         default.load_state_dict(pt_model.state_dict())
-        ref32 = default.eval()(torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
+        ref32 = torch_module(default.eval())(to_torch(x), to_torch(t), to_torch(ctx), to_torch(cam), num_frames=4)
     assert_parity(out, ref, "unet norm_num_groups=8: output")
-    assert float((ref - ref32).abs().max()) > 1e-2  # the groups really changed
+    assert float(np.abs(to_numpy(ref) - to_numpy(ref32)).max()) > 1e-2  # the groups really changed
 
 
 def test_fp16_weights_switch(tiny4, tmp_path):
@@ -193,8 +137,8 @@ def test_fp16_weights_switch(tiny4, tmp_path):
     out = ms16(ms.Tensor(x), ms.Tensor(t), ms.Tensor(ctx), ms.Tensor(cam), 4)
     assert out.dtype == ms.float32
     with torch.no_grad():
-        ref = tiny4["pt"](torch.tensor(x), torch.tensor(t), torch.tensor(ctx), torch.tensor(cam), num_frames=4)
-    assert_parity(out, ref, "unet fp16 weights vs fp32 reference: output", rel=1e-2)
+        ref = tiny4["pt"](to_torch(x), to_torch(t), to_torch(ctx), to_torch(cam), num_frames=4)
+    assert_parity(out, ref, "unet fp16 weights vs fp32 reference: output", dtype="float16")
 
 
 def test_graph_mode_matches_pynative(tiny4):

@@ -1,20 +1,19 @@
 """AutoencoderKL parity: torch_ref vs MindSpore through the project's converter (tiny config),
 plus the full-size sd-v2-base name/shape set and GRAPH-mode encoding with gradient."""
-import copy
 import os
 
 import mindspore as ms
 import numpy as np
 import pytest
-import torch
 
 from convert.keymaps import VAE, expected_torch_shapes, name_map
 from neutral.mvdream.model_config import load_model_config
-from convert.pt2ms import convert_state_dict
-from mindspore_impl.core.checkpoint import load_state_dict
 from mindspore_impl.mvdream import vae as ms_vae
-from tests.parity import assert_parity
-from torch_ref.mvdream import vae as pt_vae
+from tests.parity import assert_parity, to_torch
+from tests.parity_cases import sds_latents_loss
+from tests.parity_cases import vae_inputs as inputs
+from tests.parity_cases import vae_pair as build_pair
+from tests.parity_cases import vae_with_attention as with_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = load_model_config(os.path.join(ROOT, "configs", "tiny-mvdream.yaml"))
@@ -22,61 +21,20 @@ FULL = load_model_config(os.path.join(ROOT, "configs", "sd-v2-base.yaml"))
 PREFIX = VAE.prefix
 
 
-def randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter random (norm scales around 1), so a wrong key map cannot go unnoticed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            else:
-                p.copy_(noise * (0.5 / max(1, p[0].numel()) ** 0.5))
-
-
-def build_pair(model_params: dict, seed: int = 0):
-    """torch VAE with random weights, and its MindSpore twin loaded through convert_state_dict."""
-    params = model_params["first_stage_config"]["params"]
-    pt = pt_vae.build_from_config(params).eval()
-    randomize(pt, seed)
-    original = {PREFIX + k: v.numpy() for k, v in pt.state_dict().items()}
-    converted = convert_state_dict(original, model_params, parts=["vae"], log=lambda *_: None)
-    ms_model = ms_vae.build_from_config(params)
-    loaded = load_state_dict(ms_model, converted, prefix=PREFIX, strict=True)
-    assert len(loaded) == len(original)
-    return pt, ms_model
-
-
-def inputs(seed: int = 1):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
-    noise = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
-    z = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
-    g = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
-    return x, noise, z, g
-
-
-def with_attention(model_params: dict) -> dict:
-    """Tiny config with attention at resolution 16 (down level 1 and up level 1)."""
-    mp = copy.deepcopy(model_params)
-    mp["first_stage_config"]["params"]["ddconfig"]["attn_resolutions"] = [16]
-    return mp
-
-
 @pytest.mark.parametrize("variant", ["tiny", "tiny_attn"])
 def test_encode_decode_parity(variant):
     mp = TINY if variant == "tiny" else with_attention(TINY)
     pt, msm = build_pair(mp)
     x, noise, z, _ = inputs()
-    post_pt = pt.encode(torch.from_numpy(x))
+    post_pt = pt.encode(to_torch(x))
     post_ms = msm.encode(ms.Tensor(x))
     assert tuple(post_ms.mean.shape) == (2, 4, 16, 16)
     assert_parity(post_ms.mean, post_pt.mean, f"{variant} encode mean")
     assert_parity(post_ms.logvar, post_pt.logvar, f"{variant} encode logvar")
     assert_parity(post_ms.std, post_pt.std, f"{variant} encode std")
-    assert_parity(post_ms.sample(ms.Tensor(noise)), post_pt.sample(torch.from_numpy(noise)),
+    assert_parity(post_ms.sample(ms.Tensor(noise)), post_pt.sample(to_torch(noise)),
                   f"{variant} posterior sample")
-    dec_pt = pt.decode(torch.from_numpy(z))
+    dec_pt = pt.decode(to_torch(z))
     dec_ms = msm.decode(ms.Tensor(z))
     assert tuple(dec_ms.shape) == (2, 3, 32, 32)
     assert_parity(dec_ms, dec_pt, f"{variant} decode")
@@ -91,19 +49,12 @@ def test_logvar_clamp():
     assert lv.max() == 20.0 and lv.min() == -30.0
 
 
-def _sds_latents_loss(msm, x, noise, g):
-    def loss(img):
-        latents = msm.encode(img).sample(noise) * 0.18215
-        return (latents * g).sum()
-    return loss
-
-
 def test_encoder_input_gradient():
     pt, msm = build_pair(TINY)
     x, noise, _, g = inputs()
-    xt = torch.from_numpy(x).requires_grad_(True)
-    (pt.encode(xt).sample(torch.from_numpy(noise)) * 0.18215 * torch.from_numpy(g)).sum().backward()
-    grad_ms = ms.grad(_sds_latents_loss(msm, x, ms.Tensor(noise), ms.Tensor(g)))(ms.Tensor(x))
+    xt = to_torch(x, requires_grad=True)
+    (pt.encode(xt).sample(to_torch(noise)) * 0.18215 * to_torch(g)).sum().backward()
+    grad_ms = ms.grad(sds_latents_loss(msm, ms.Tensor(noise), ms.Tensor(g)))(ms.Tensor(x))
     assert_parity(grad_ms, xt.grad, "encoder input gradient")
 
 

@@ -34,7 +34,8 @@ def randomize(module: torch.nn.Module, seed: int) -> None:
 
 
 def torch_state(parts=("unet",), seed: int = 0, model_params: dict | None = None) -> dict:
-    """Original-layout state dict (numpy) of random torch_ref sub-models."""
+    """(original-layout state dict (numpy), {part: module}) of random torch_ref sub-models. The modules are on
+    the CPU; a parity test moves them to the run's torch device (tests/parity.py torch_module)."""
     from torch_ref.mvdream import text_encoder, unet, vae
     mp = model_params or tiny_params()
     builders = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
@@ -43,12 +44,12 @@ def torch_state(parts=("unet",), seed: int = 0, model_params: dict | None = None
         m = builders[part].build_from_config(dict(mp[CONFIG_KEYS[part]]["params"])).eval()
         randomize(m, seed + i)
         modules[part] = m
-        state.update({PREFIXES[part] + k: v.numpy() for k, v in m.state_dict().items()})
+        state.update({PREFIXES[part] + k: v.detach().cpu().numpy() for k, v in m.state_dict().items()})
     return state, modules
 
 
 def tiny_unet_pair(seed: int = 0):
-    """(MindSpore UNet, torch UNet, context_dim) with the same random weights."""
+    """(MindSpore UNet, torch UNet on the CPU, context_dim) with the same random weights."""
     from mindspore_impl.core.checkpoint import load_state_dict
     from mindspore_impl.mvdream import unet as ms_unet
     mp = tiny_params()

@@ -38,6 +38,33 @@ def strip(images: Images) -> np.ndarray:
     return np.concatenate(rgb, axis=1)
 
 
+def contact_sheet(rows: Sequence[Sequence[Image]], gap: int = 2) -> np.ndarray:
+    """A grid of images (rows of images, each row one height) with `gap` white pixels between cells ->
+    (H, W, 3) uint8; shorter rows are padded with white on the right."""
+    strips = []
+    for row in rows:
+        cells = [to_uint8_rgb(x) for x in row]
+        if not cells:
+            continue
+        h = cells[0].shape[0]
+        if any(c.shape[0] != h for c in cells):
+            raise ValueError(f"contact sheet row images differ in height: {[c.shape for c in cells]}")
+        sep = np.full((h, gap, 3), 255, np.uint8)
+        joined = [cells[0]]
+        for c in cells[1:]:
+            joined += [sep, c]
+        strips.append(np.concatenate(joined, axis=1))
+    if not strips:
+        raise ValueError("contact_sheet needs at least one image")
+    width = max(x.shape[1] for x in strips)
+    out = []
+    for i, x in enumerate(strips):
+        if i:
+            out.append(np.full((gap, width, 3), 255, np.uint8))
+        out.append(np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)), constant_values=255))
+    return np.concatenate(out, axis=0)
+
+
 def save_image(path: str, img: Image) -> str:
     import imageio.v3 as iio
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

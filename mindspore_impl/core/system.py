@@ -35,6 +35,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from mindspore_impl.core import distributed
 from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict
 from mindspore_impl.core.optim import TorchAdam, build_optimizer, unique_params
 from mindspore_impl.core.train_step import make_train_step
@@ -97,6 +98,8 @@ class BaseSystem(ABC):
     Config = BaseSystemConfig
     # attribute names whose cells are never saved (frozen models, text embeddings)
     unsaved_modules: tuple[str, ...] = ("guidance", "prompt_processor")
+    # whether msrun ranks can train one model of this system in data parallel (core/distributed.py)
+    data_parallel: bool = False
 
     def __init__(self, cfg: Any = None, seed: int = 0, resumed: bool = False) -> None:
         self.cfg = parse_structured(self.Config, cfg, where=type(self).__name__)
@@ -224,11 +227,14 @@ class BaseSystem(ABC):
 
     def make_train_step(self, forward_fn, jit: Optional[bool] = None, after_update=None):
         """core/train_step.py's step for forward_fn (-> (loss, aux)) with this system's optimizer, grad_clip and
-        loss_scale: step(*inputs) -> (loss, aux)."""
+        loss_scale, and under msrun in data parallel the mean of gradients and loss across ranks:
+        step(*inputs) -> (loss, aux)."""
         if self.optimizer is None:
             self.configure_optimizers()
+        reducer = distributed.grad_reducer(self.optimizer.parameters) if self.data_parallel else None
         return make_train_step(forward_fn, self.optimizer, grad_clip=self.cfg.grad_clip,
-                               loss_scale=self.cfg.loss_scale, jit=jit, after_update=after_update)
+                               loss_scale=self.cfg.loss_scale, jit=jit, after_update=after_update,
+                               grad_reducer=reducer)
 
     def last_update_skipped(self) -> bool:
         """Whether the optimizer skipped the last update (a non-finite loss or gradient; core/optim.py)."""

@@ -5,7 +5,10 @@ optimizer update.
     loss, aux = step(*tensors)      # forward(*tensors) -> (loss, aux); aux is returned without gradient
 
 With a static loss scale s != 1 the gradients are those of s * loss, divided by s before clipping and the update
-(half-precision backward keeps small gradients above fp16's underflow). The optimizer (core/optim.py) skips
+(half-precision backward keeps small gradients above fp16's underflow). With a grad_reducer (data parallel under
+msrun, core/distributed.py: grad_reducer) the gradients and the loss are replaced by their means across ranks right
+after the backward, so clipping, the optimizer's finite check and the update see the combined batch and every rank
+applies the same update; the loss returned is that mean. The optimizer (core/optim.py) skips
 the update when the loss or a gradient is not finite. With jit (the default in GRAPH mode) forward, backward and
 update compile as one graph; its inputs must then keep their shapes and dtypes, or each new shape compiles again.
 """
@@ -18,10 +21,13 @@ from mindspore import ops
 
 
 def make_train_step(forward: Callable, optimizer, grad_clip: Optional[float] = None, loss_scale: float = 1.0,
-                    jit: Optional[bool] = None, after_update: Optional[Callable] = None) -> Callable:
+                    jit: Optional[bool] = None, after_update: Optional[Callable] = None,
+                    grad_reducer: Optional[Callable] = None) -> Callable:
     """step(*inputs) -> (loss, aux) for forward(*inputs) -> (loss, aux), updating optimizer.parameters.
 
-    after_update: called with no arguments after the optimizer, inside the step (an EMA of the weights)."""
+    after_update: called with no arguments after the optimizer, inside the step (an EMA of the weights).
+    grad_reducer: (grads, loss) -> (grads, loss), called inside the step before the update (None: the single
+    process, unchanged)."""
     if jit is None:
         jit = ms.get_context("mode") == ms.GRAPH_MODE
     scale = float(loss_scale)
@@ -41,6 +47,8 @@ def make_train_step(forward: Callable, optimizer, grad_clip: Optional[float] = N
             (loss, aux), grads = grad_fn(*inputs)
         else:
             (_, loss, aux), grads = grad_fn(*inputs)
+        if grad_reducer is not None:
+            grads, loss = grad_reducer(grads, loss)
         apply_gradients(optimizer, grads, loss, grad_clip, scale)
         if after_update is not None:
             after_update()

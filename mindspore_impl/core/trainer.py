@@ -26,6 +26,10 @@ Ctrl-C (SIGINT) or SIGTERM during fit() does not kill the run mid-write: the han
 current step finishes, a checkpoint is written and TrainingInterrupted is raised (launch.py prints the resume
 command and exits 130). A second signal aborts at once (checkpoint writes are atomic, so that is safe too).
 The previous signal handlers are restored when fit() returns.
+
+writer=False (the ranks other than 0 of a data-parallel run under msrun, launch.py): the trainer steps exactly like
+rank 0 but writes nothing and renders nothing: no trial folder, metrics, checkpoints, validation images, test video
+or export (rank 0 writes them all; every rank resumes from rank 0's checkpoint).
 """
 from __future__ import annotations
 
@@ -108,13 +112,14 @@ def _metric_value(v: Any) -> float:
 
 class Trainer:
     def __init__(self, system, datamodule, trial: Trial, cfg: Any = None, checkpoint: Any = None,
-                 log=print) -> None:
+                 log=print, writer: bool = True) -> None:
         self.system = system
         self.dm = datamodule
         self.cfg = parse_structured(TrainerConfig, cfg, "trainer")
         self.ckpt_cfg = parse_structured(CheckpointConfig, checkpoint, "checkpoint")
         self.global_step = 0
         self.log = log
+        self.writer = bool(writer)
         self.last_checkpoint: Optional[str] = None  # written by this trainer
         self.resumed_from: Optional[str] = None
         self._stop_signal: Optional[int] = None
@@ -127,7 +132,8 @@ class Trainer:
         """Give the trainer its trial folder (launch.py restores a checkpoint before creating the folder, so a
         checkpoint that does not fit leaves no folder behind)."""
         self.trial = trial
-        clean_stale_files(self.trial.ckpt_dir, log=self.log)
+        if self.writer:
+            clean_stale_files(self.trial.ckpt_dir, log=self.log)
 
     # ----- state
 
@@ -143,7 +149,10 @@ class Trainer:
         """Write a checkpoint of the current state; returns its .ckpt path.
 
         name None: stepNNNNNN (then `last` is published from it and old steps pruned); "last": the final
-        state as `last` only (staged as a step checkpoint, which is removed once `last` is published)."""
+        state as `last` only (staged as a step checkpoint, which is removed once `last` is published).
+        A trainer that is not the writer writes nothing and returns None."""
+        if not self.writer:
+            return None
         arrays, meta = self.state()
         ckpt_dir = self.trial.ckpt_dir
         staged = name == LAST
@@ -171,6 +180,8 @@ class Trainer:
         return path
 
     def _last_good(self) -> str:
+        if self.trial is None:
+            return "this rank writes no checkpoints (rank 0 does)"
         try:
             where = resolve_resume(self.trial.ckpt_dir)  # the newest complete checkpoint of this run
         except (CheckpointError, OSError):
@@ -257,7 +268,7 @@ class Trainer:
         if resume:
             self.restore(resume)
         cfg = self.cfg
-        if cfg.num_sanity_val_steps and self.global_step == 0:
+        if self.writer and cfg.num_sanity_val_steps and self.global_step == 0:
             for i in range(min(cfg.num_sanity_val_steps, self.dm.n_val)):
                 self.system.validation_step(self.dm.val_batch(i), i)
         bar = self._progress_bar()
@@ -284,7 +295,7 @@ class Trainer:
                 now = time.perf_counter()
                 metrics["steps_per_s"] = 1.0 / max(now - last_t, 1e-9)
                 last_t = now
-                if cfg.log_every_n_steps and self.global_step % cfg.log_every_n_steps == 0:
+                if self.writer and cfg.log_every_n_steps and self.global_step % cfg.log_every_n_steps == 0:
                     self.trial.metrics.log(self.global_step, metrics)
                 if bar is not None:
                     bar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
@@ -324,7 +335,7 @@ class Trainer:
                 f"(system.amp_level=O2: lower system.loss_scale), or a guidance scale too high")
 
     def _progress_bar(self):
-        if not self.cfg.enable_progress_bar:
+        if not self.cfg.enable_progress_bar or not self.writer:
             return None
         from tqdm import tqdm
         return tqdm(total=self.cfg.max_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
@@ -333,6 +344,8 @@ class Trainer:
     def validate(self) -> list[str]:
         """Render the validation views; writes save/it{step}-{i}.png (images side by side)."""
         from mindspore_impl.core.media import save_image, strip
+        if not self.writer:
+            return []
         self.system.set_step(self.global_step)
         paths = []
         for i in range(self.dm.n_val):
@@ -343,6 +356,8 @@ class Trainer:
     def test(self) -> list[str]:
         """Render the test orbit: frames save/it{step}-test/{i:04d}.png and videos save/it{step}-test.mp4/.gif."""
         from mindspore_impl.core.media import save_image, save_video, strip
+        if not self.writer:
+            return []
         self.system.set_step(self.global_step)
         stem = self.trial.save_path(f"it{self.global_step}-test")
         frames = []
@@ -354,6 +369,8 @@ class Trainer:
 
     def export(self) -> list[str]:
         """The system's exports under save/it{step}-export/."""
+        if not self.writer:
+            return []
         self.system.set_step(self.global_step)
         out_dir = self.trial.save_path(f"it{self.global_step}-export/")
         return list(self.system.export(out_dir))

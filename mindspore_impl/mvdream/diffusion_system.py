@@ -19,6 +19,12 @@ trained ones when ema_decay is set, under the original checkpoint prefixes (neut
 the layout of pretrained/demo/model.ckpt: MVDreamPipeline.from_checkpoint, scripts/t2i.py and the SDS guidance of
 configs/demo.yaml load it strictly. Validation images and the test video show F sampled views (DDIM, current
 weights) of each of the data module's eval prompts.
+
+Data parallel under msrun (core/distributed.py, README "Many cards (msrun)"): every rank builds the same initial
+weights from the same seed and trains on its shard of the global batch (the data module slices it); the step
+all-reduces the gradients and the loss to their means across ranks before clipping and AdamW
+(core/train_step.py's grad_reducer), so every rank applies the same update and logs the global loss. Only rank 0
+writes (trial folder, metrics, checkpoints, images, export: launch.py, core/trainer.py `writer`).
 """
 from __future__ import annotations
 
@@ -94,6 +100,8 @@ class MultiviewDiffusionSystem(BaseSystem):
     Config = MultiviewDiffusionSystemConfig
     # the loss cell holds the three models (saved under their own names); the EMA goes into extra_state
     unsaved_modules = ("loss_cell", "ema")
+    # launch.py: under msrun without a prompt list this system trains in data parallel
+    data_parallel = True
 
     def configure(self) -> None:
         cfg = self.cfg

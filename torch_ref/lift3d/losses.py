@@ -32,7 +32,7 @@ def z_variance_loss(z_variance, opacity):
 
 def regularizer_losses(out: dict, active: dict) -> list:
     """[orient, sparsity, opaque, z_variance] for the active flags by name (inactive ones are 0)."""
-    zero = torch.zeros(())
+    zero = torch.zeros((), device=out["opacity"].device)
     return [orient_loss(out["weights"], out["normal"], out["t_dirs"], out["opacity"]) if active["orient"] else zero,
             sparsity_loss(out["opacity"]) if active["sparsity"] else zero,
             opaque_loss(out["opacity"]) if active["opaque"] else zero,

@@ -39,8 +39,14 @@ class MVDreamPipeline:
                                    strict=True)
         return cls(parts["unet"], parts["vae"], parts["text_encoder"], tokenizer, model_params)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the models' weights are: the sampling runs there."""
+        return next(self.unet.parameters()).device
+
     def encode_text(self, prompts):
-        return self.text_encoder(torch.as_tensor(np.asarray(self.tokenizer(prompts)), dtype=torch.long)).float()
+        ids = torch.as_tensor(np.asarray(self.tokenizer(prompts)), dtype=torch.long, device=self.device)
+        return self.text_encoder(ids).float()
 
     def model_fn(self, x, t, context, camera, num_frames: int):
         return self.unet(x, t, context=context, camera=camera, num_frames=num_frames)
@@ -50,7 +56,7 @@ class MVDreamPipeline:
         for i in range(0, latents.shape[0], batch):
             img = self.vae.decode(1.0 / self.scale_factor * latents[i:i + batch])
             img = torch.clamp((img + 1.0) / 2.0, min=0.0, max=1.0)
-            out.append((255.0 * img.permute(0, 2, 3, 1).numpy()).astype(np.uint8))
+            out.append((255.0 * img.permute(0, 2, 3, 1).cpu().numpy()).astype(np.uint8))
         return np.concatenate(out, 0)
 
     @torch.no_grad()
@@ -62,7 +68,7 @@ class MVDreamPipeline:
                  progress: bool = False, return_latents: bool = False):
         rng = np.random.RandomState(seed) if rng is None else rng
         c, uc = self.encode_text([prompt]), self.encode_text([negative_prompt])
-        camera = None if single_view else get_camera(num_frames, elevation, azimuth_start, azimuth_span)
+        camera = None if single_view else get_camera(num_frames, elevation, azimuth_start, azimuth_span).to(self.device)
         rep = lambda e: e.repeat(num_frames, 1, 1)  # noqa: E731
         if single_view:
             eps_fn = samplers.guided_eps_fn(self.model_fn, rep(c), rep(uc), scale, None, 1)
@@ -72,7 +78,7 @@ class MVDreamPipeline:
             eps_fn = sliding_window_eps_fn(self.model_fn, c, uc, camera, scale, window)
         f = self.downsample
         shape = (num_frames, self.latent_channels, height // f, width // f)
-        x_T = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+        x_T = torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(self.device)
         latents = samplers.sample(sampler, eps_fn, x_T, self.alphas_cumprod, steps, eta=eta, rng=rng,
                                   karras=karras, progress=progress, clip_x0=self.clip_x0)
         images = self.decode(latents)

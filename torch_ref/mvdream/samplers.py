@@ -40,10 +40,10 @@ def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 50, eta: float 
     for i, step in enumerate(tqdm(time_range, desc="DDIM", disable=not progress)):
         index = total - i - 1
         e_t = eps_fn(img, int(step))
-        a_t = torch.full((b, 1, 1, 1), alphas[index].item())
-        a_prev = torch.full((b, 1, 1, 1), alphas_prev[index].item())
-        sigma_t = torch.full((b, 1, 1, 1), sigmas[index].item())
-        sqrt_one_minus_at = torch.full((b, 1, 1, 1), sqrt_one_minus_alphas[index].item())
+        a_t = torch.full((b, 1, 1, 1), alphas[index].item(), device=img.device)
+        a_prev = torch.full((b, 1, 1, 1), alphas_prev[index].item(), device=img.device)
+        sigma_t = torch.full((b, 1, 1, 1), sigmas[index].item(), device=img.device)
+        sqrt_one_minus_at = torch.full((b, 1, 1, 1), sqrt_one_minus_alphas[index].item(), device=img.device)
         pred_x0 = (img - sqrt_one_minus_at * e_t) / a_t.sqrt()
         if clip_x0 is not None:  # DDPM's clip_denoised, eps recomputed from the clipped x0
             pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
@@ -51,7 +51,8 @@ def sample_ddim(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 50, eta: float 
         dir_xt = (1.0 - a_prev - sigma_t ** 2).sqrt() * e_t
         img = a_prev.sqrt() * pred_x0 + dir_xt
         if sigmas[index] > 0:
-            img = img + sigma_t * torch.from_numpy(rng.standard_normal(tuple(img.shape)).astype(np.float32))
+            noise = torch.from_numpy(rng.standard_normal(tuple(img.shape)).astype(np.float32)).to(img.device)
+            img = img + sigma_t * noise
         if callback is not None:
             callback(i, img)
     return img
@@ -132,12 +133,14 @@ def guided_eps_fn(model_fn, context, uncontext=None, scale: float = 1.0, camera=
     """LDM classifier-free guidance: one call on cat([uncond, cond]), e_u + s (e_c - e_u)."""
     n = context.shape[0]
     if uncontext is None or scale == 1.0:
-        return lambda x, t: model_fn(x, torch.full((n,), t, dtype=torch.long), context, camera, num_frames)
+        return lambda x, t: model_fn(x, torch.full((n,), t, dtype=torch.long, device=context.device), context,
+                                     camera, num_frames)
     c_in = torch.cat([uncontext, context])
     cam_in = None if camera is None else torch.cat([camera, camera])
 
     def eps_cfg(x, t):
-        out = model_fn(torch.cat([x] * 2), torch.full((2 * n,), t, dtype=torch.long), c_in, cam_in, num_frames)
+        out = model_fn(torch.cat([x] * 2), torch.full((2 * n,), t, dtype=torch.long, device=x.device), c_in, cam_in,
+                       num_frames)
         e_u, e_c = out.chunk(2)
         return e_u + scale * (e_c - e_u)
     return eps_cfg

@@ -25,7 +25,7 @@ def sliding_window_eps_fn(model_fn, context, uncontext, camera, scale: float,
             if guided:
                 x_w, cam_w = torch.cat([x_w] * 2), torch.cat([cam_w] * 2)
                 ctx = torch.cat([uncontext.repeat(length, 1, 1), ctx])
-            e = model_fn(x_w, torch.full((x_w.shape[0],), t, dtype=torch.long), ctx, cam_w, length)
+            e = model_fn(x_w, torch.full((x_w.shape[0],), t, dtype=torch.long, device=x.device), ctx, cam_w, length)
             if guided:
                 e_u, e_c = e.chunk(2)
                 e = e_u + scale * (e_c - e_u)

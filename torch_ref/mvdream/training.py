@@ -52,8 +52,9 @@ class MultiviewDiffusionLoss(nn.Module):
         return ((eps - noise) ** 2).mean()
 
 
-def step_inputs(batch: dict) -> tuple:
-    return tuple(torch.as_tensor(np.ascontiguousarray(batch[k])) for k in STEP_INPUTS)
+def step_inputs(batch: dict, device=None) -> tuple:
+    """The batch as torch tensors in STEP_INPUTS order, on `device` (None: torch's default)."""
+    return tuple(torch.as_tensor(np.ascontiguousarray(batch[k]), device=device) for k in STEP_INPUTS)
 
 
 def make_train_step(loss_module: nn.Module, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,

@@ -1,4 +1,5 @@
-"""Mesh export: density grid -> marching cubes -> largest component -> vertex colours -> obj / ply / glb.
+"""Mesh export: density grid -> marching cubes -> largest component -> vertex colours (smoothed over
+neighbouring vertices) -> obj / ply / glb, and a preview picture of the mesh (matplotlib, on the CPU).
 
 The density comes from a callable (points (N, 3) float32 in world space -> (N,) densities after the
 geometry's activation, threestudio's isosurface on the density field) sampled on a regular grid over
@@ -24,6 +25,8 @@ class MeshExportConfig:
     resolution: int = 128            # grid points per axis (threestudio isosurface_resolution)
     formats: list = field(default_factory=lambda: list(FORMATS))
     largest_component: bool = True   # drop floaters: keep the connected piece with most faces
+    color_smoothing: int = 2         # rounds of averaging each vertex colour with its neighbours' (0: off)
+    preview: bool = True             # <name>-preview.png: the coloured mesh from 4 sides
     uv_texture: bool = False         # bake a UV texture with xatlas (only when xatlas is installed)
     texture_size: int = 1024
     chunk: int = 65536               # points per density / colour query
@@ -91,6 +94,61 @@ def vertex_colors(color_fn: PointFn, verts: np.ndarray, chunk: int = 65536) -> n
     if rgb.dtype != np.uint8:
         rgb = np.round(np.clip(rgb.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
+
+
+def smooth_vertex_colors(colors: np.ndarray, faces: np.ndarray, rounds: int) -> np.ndarray:
+    """Each round replaces a vertex colour by the mean over the vertex and its edge neighbours: the field's
+    colour is sampled exactly at the surface, where its high-frequency hash-grid noise shows as speckle."""
+    if rounds <= 0 or len(faces) == 0:
+        return colors
+    n = len(colors)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    count = np.ones(n) + np.bincount(edges.ravel(), minlength=n)
+    rgb = colors[:, :3].astype(np.float64)
+    for _ in range(rounds):
+        total = rgb.copy()
+        np.add.at(total, edges[:, 0], rgb[edges[:, 1]])
+        np.add.at(total, edges[:, 1], rgb[edges[:, 0]])
+        rgb = total / count[:, None]
+    out = colors.copy()
+    out[:, :3] = np.clip(np.round(rgb), 0, 255).astype(colors.dtype)
+    return out
+
+
+def render_preview(verts: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray], path: str,
+                   azimuths: Sequence[float] = (30.0, 120.0, 210.0, 300.0), elevation: float = 20.0,
+                   size: float = 2.4) -> str:
+    """The mesh from a few sides (matplotlib's 3D polygons, Lambert-shaded face colours) -> a PNG at `path`."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    tri = verts[faces]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    base = (colors[faces, :3].mean(1) / 255.0) if colors is not None else np.full((len(faces), 3), 0.7)
+    lo, hi = verts.min(0), verts.max(0)
+    center, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-6)
+    fig = plt.figure(figsize=(size * len(azimuths), size), dpi=100)
+    for i, azim in enumerate(azimuths):
+        ax = fig.add_subplot(1, len(azimuths), i + 1, projection="3d")
+        # a key light above and to the side of the camera, so adjacent faces differ in brightness
+        a, e = np.radians(azim - 35.0), np.radians(elevation + 35.0)
+        light = np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
+        shade = 0.35 + 0.65 * np.clip(normals @ light, 0.0, 1.0)
+        ax.add_collection3d(Poly3DCollection(tri, facecolors=np.clip(base * shade[:, None], 0, 1), linewidths=0))
+        for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), center):
+            setter(c - half, c + half)
+        ax.set_box_aspect((1, 1, 1))
+        ax.view_init(elev=elevation, azim=azim)
+        ax.set_axis_off()
+    fig.subplots_adjust(0, 0, 1, 1, 0, 0)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def bake_texture(verts: np.ndarray, faces: np.ndarray, uvs: np.ndarray, color_fn: PointFn,
@@ -165,13 +223,17 @@ def write_mesh(verts: np.ndarray, faces: np.ndarray, out_dir: str, name: str = "
         raise ValueError(f"unknown mesh formats {bad}; choose from {list(FORMATS)}")
     os.makedirs(out_dir, exist_ok=True)
     mesh = trimesh.Trimesh(verts, faces, process=False)
+    colors = None
     if color_fn is not None:
-        mesh.visual.vertex_colors = vertex_colors(color_fn, verts, cfg.chunk)
+        colors = smooth_vertex_colors(vertex_colors(color_fn, verts, cfg.chunk), faces, cfg.color_smoothing)
+        mesh.visual.vertex_colors = colors
     written = []
     for fmt in cfg.formats:
         path = os.path.join(out_dir, f"{name}.{fmt}")
         mesh.export(path)
         written.append(path)
+    if cfg.preview:
+        written.append(render_preview(verts, faces, colors, os.path.join(out_dir, f"{name}-preview.png")))
     if cfg.uv_texture and color_fn is not None:
         uv_mesh = _uv_mesh(verts, faces, color_fn, cfg)
         if uv_mesh is not None:

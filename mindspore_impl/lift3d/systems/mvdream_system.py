@@ -13,8 +13,8 @@ The graph part is one function (`forward`) with tensor inputs only, so `--mode g
 step once per shading mode; the loss weights enter as a tensor so their schedules never recompile it.
 
 Module construction, in order, so that every config problem (unknown type or key, empty prompt, missing
-checkpoint or tokenizer) is reported before a model is built or a trial folder written:
-types -> sub-configs -> losses -> prompt -> checkpoint files -> text embeddings (cached) -> 3D modules -> guidance.
+checkpoint or tokenizer) is reported before the diffusion model is built or a trial folder written:
+types -> sub-configs -> losses -> prompt -> checkpoint files -> 3D modules -> text embeddings (cached) -> guidance.
 Twin (one training step with the torch_ref modules): torch_ref/lift3d/systems/mvdream_system.py.
 """
 from __future__ import annotations
@@ -118,10 +118,12 @@ class MVDreamSystem(BaseLift3DSystem):
             raise ConfigError(str(exc)) from None
         self._check_checkpoint(classes["guidance"], sub["guidance"])
 
-        # text embeddings first: a missing tokenizer is reported before the diffusion model is loaded
+        # the 3D modules before the text embeddings: building the text encoder (only on a cache miss) draws from
+        # the global RNG, so the other order made the initial field depend on the cache. Text embeddings before
+        # the diffusion model: a missing tokenizer is reported before that is loaded.
+        self.build_3d(classes, sub)
         self.prompt_processor, self.prompt_output = self._text_embeddings(classes["prompt_processor"],
                                                                           sub["prompt_processor"])
-        self.build_3d(classes, sub)
         self.guidance = self._build_guidance(classes["guidance"], sub["guidance"])
         if cfg.use_recompute:
             self.apply_recompute()

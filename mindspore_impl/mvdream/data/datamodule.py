@@ -16,6 +16,13 @@ timesteps, read from the same model YAML as the system's (`model_config: ${syste
 Batches: images float32 ((B F), 3, H, W) in [-1, 1], camera ((B F), 16), captions (B strings), t ((B F),) int32,
 drop (B,) float32, noise and fs_noise ((B F), C, h, w) float32. Validation and test batches are prompts
 ({"prompt", "index"}): the system samples F views of each.
+
+Data parallel (msrun, core/distributed.py): `batch_size` stays the global batch and must be divisible by the
+number of ranks. Every rank draws the whole global batch from the same seeded Generator, in the same order, and
+keeps its contiguous slice of objects (rank r of n: objects [r B/n, (r+1) B/n) with their F views, timesteps,
+dropout and noises). So the ranks' inputs together are exactly the single process's batch, the Generator state
+is the same on every rank (rank 0's checkpoint resumes any number of ranks), and with the gradient mean across
+ranks a step equals the single-process step on the combined batch up to float32 summation order.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from mindspore_impl.core import distributed
 from mindspore_impl.mvdream.data.primitives import DatasetError, load_dataset
 from neutral.config import ConfigError, parse_structured
 from neutral.errors import MissingFileError
@@ -64,6 +72,32 @@ def sample_objects(rng: np.random.Generator, data: dict, batch: int, num_frames:
     cams = data["cameras"][idx[:, None], views].reshape(batch * num_frames, 16)
     return {"images": images, "camera": np.ascontiguousarray(cams, dtype=np.float32),
             "captions": [data["captions"][i] for i in idx]}
+
+
+def shard(batch: Dict[str, Any], rank: int, world_size: int, num_objects: int, num_frames: int) -> Dict[str, Any]:
+    """Rank `rank`'s contiguous share of the objects of a global batch: per-object entries (captions, drop) and
+    per-view entries ((B F) first axis) cut at the same object boundaries."""
+    per = num_objects // world_size
+    lo, hi = rank * per, (rank + 1) * per
+    out = {}
+    for key, value in batch.items():
+        n = len(value)
+        if n == num_objects:
+            out[key] = value[lo:hi]
+        elif n == num_objects * num_frames:
+            out[key] = value[lo * num_frames:hi * num_frames]
+        else:
+            raise ValueError(f"batch entry {key!r} has {n} rows, neither {num_objects} objects nor "
+                             f"{num_objects * num_frames} views")
+    return out
+
+
+def check_world_size(batch_size: int, world_size: int) -> None:
+    """ConfigError unless the global batch splits evenly over the data-parallel ranks."""
+    if world_size > 1 and batch_size % world_size:
+        raise ConfigError(f"data.batch_size {batch_size} (the global batch, in objects) is not divisible by the "
+                          f"{world_size} ranks msrun started; set data.batch_size to a multiple of {world_size} "
+                          f"or change --worker_num")
 
 
 def load_training_data(path: str) -> dict:
@@ -107,8 +141,15 @@ class MultiviewDataModule:
 
     Config = MultiviewDataModuleConfig
 
+    @classmethod
+    def check_world_size(cls, cfg: Any, world_size: int) -> None:
+        """launch.py asks before msrun's ranks connect: does the global batch split over world_size ranks?"""
+        check_world_size(parse_structured(MultiviewDataModuleConfig, cfg, "data").batch_size, world_size)
+
     def __init__(self, cfg: Any = None, seed: int = 0) -> None:
         self.cfg = parse_structured(MultiviewDataModuleConfig, cfg, "data")
+        self.rank, self.world_size = distributed.data_parallel_rank(), distributed.data_parallel_size()
+        check_world_size(self.cfg.batch_size, self.world_size)
         if self.cfg.timestep_sharing not in TIMESTEP_SHARING:
             raise ConfigError(f"data.timestep_sharing must be one of {TIMESTEP_SHARING}, "
                               f"got {self.cfg.timestep_sharing!r}")
@@ -134,12 +175,15 @@ class MultiviewDataModule:
         self.rng.bit_generator.state = state
 
     def sample(self, global_step: int) -> Dict[str, Any]:
-        """Every random number of one step from self.rng: objects, views, then t / drop / noise / fs_noise."""
+        """Every random number of one step from self.rng: objects, views, then t / drop / noise / fs_noise; the
+        global batch, or this rank's share of it in data parallel."""
         cfg = self.cfg
         objs = sample_objects(self.rng, self.data, cfg.batch_size, cfg.num_frames)
         batch = {"images": images_to_model(objs["images"]), "camera": objs["camera"], "captions": objs["captions"]}
         batch.update(sample_step_noise(self.rng, cfg.batch_size, cfg.num_frames, self.latent_shape,
                                        self.num_timesteps, cfg.cfg_drop_prob, cfg.timestep_sharing))
+        if self.world_size > 1:
+            batch = shard(batch, self.rank, self.world_size, cfg.batch_size, cfg.num_frames)
         return batch
 
     def _eval_batch(self, index: int) -> Dict[str, Any]:

@@ -32,7 +32,7 @@ class SolidColorBackground(nn.Module):
 
     def forward(self, dirs: torch.Tensor, aug_color: Optional[torch.Tensor] = None) -> torch.Tensor:
         lead = tuple(dirs.shape[:-1])
-        color = torch.ones(lead + (self.n_output_dims,), dtype=dirs.dtype) * self.env_color.to(dirs)
+        color = torch.ones(lead + (self.n_output_dims,), dtype=dirs.dtype, device=dirs.device) * self.env_color.to(dirs)
         if aug_color is not None:
             color = color * 0.0 + broadcast_color(aug_color.to(dirs), lead, self.n_output_dims)
         return color

@@ -100,5 +100,6 @@ class ImplicitVolume(nn.Module):
     def isosurface_grid(self, resolution: int, chunk: int = 65536) -> np.ndarray:
         ticks = np.linspace(-self.radius, self.radius, resolution, dtype=np.float32)
         pts = torch.from_numpy(np.stack(np.meshgrid(ticks, ticks, ticks, indexing="ij"), -1).reshape(-1, 3))
+        pts = pts.to(self.fd_offsets.device)
         dens = torch.cat([self.forward_density(pts[s:s + chunk])[:, 0] for s in range(0, len(pts), chunk)])
-        return dens.numpy().reshape(resolution, resolution, resolution)
+        return dens.cpu().numpy().reshape(resolution, resolution, resolution)

@@ -19,8 +19,9 @@ def make_encode_fn(tokenize: Callable[[list], np.ndarray], text_encoder: torch.n
 
     @torch.no_grad()
     def encode(texts):
-        tokens = torch.from_numpy(np.asarray(tokenize(list(texts)), dtype=np.int64))
-        return text_encoder(tokens).float().numpy()
+        device = next(text_encoder.parameters()).device  # the ids go where the encoder's weights are
+        tokens = torch.as_tensor(np.asarray(tokenize(list(texts)), dtype=np.int64), device=device)
+        return text_encoder(tokens).float().cpu().numpy()
     return encode
 
 

@@ -82,7 +82,7 @@ class NeRFVolumeRenderer(nn.Module):
         t_c = stratified_t(near, step, u_c)
         if self.cfg.num_importance_samples == 0:
             starts, ends = uniform_intervals(near, step, sc)
-            return t_c, starts, ends, torch.zeros((), dtype=torch.int64)
+            return t_c, starts, ends, torch.zeros((), dtype=torch.int64, device=near.device)
         with torch.no_grad():
             pos_c = (rays_o[:, None, :] + rays_d[:, None, :] * t_c[..., None]).reshape(-1, 3)
             sigma_c, count = self._coarse_density(pos_c, bucket)

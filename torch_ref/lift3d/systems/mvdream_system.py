@@ -22,13 +22,15 @@ STEP_INPUTS = ("rays_o", "rays_d", "light_positions", "c2w", "jitter", "bg_color
                "diffuse_color", "text_embeddings", "t", "noise", "vae_noise", "loss_weights")
 
 
-def to_torch(inputs: dict) -> dict:
-    return {k: torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in STEP_INPUTS}
+def to_torch(inputs: dict, device=None) -> dict:
+    """The step inputs as torch tensors on `device` (None: where torch creates tensors by default)."""
+    return {k: torch.as_tensor(np.ascontiguousarray(inputs[k]), device=device) for k in STEP_INPUTS}
 
 
 def forward(renderer, guidance, inputs: dict, shading: str, active) -> tuple[torch.Tensor, list]:
-    """-> (weighted total loss, [sds, orient, sparsity, opaque, z_variance])."""
-    x = to_torch(inputs)
+    """-> (weighted total loss, [sds, orient, sparsity, opaque, z_variance]); the inputs go to the device the
+    renderer's state lives on."""
+    x = to_torch(inputs, renderer.estimator.occs.device)
     out = renderer(x["rays_o"], x["rays_d"], x["light_positions"], x["jitter"], None, shading,
                    x["ambient_color"], x["diffuse_color"])
     rgb = composite_background(out, x["bg_color"], x["bg_mask"])
