@@ -32,11 +32,13 @@ all ranks at once with the same one-line error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import inspect
 import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -318,31 +320,73 @@ def run_one(cfg: DictConfig, mode: str, args, system_cls, data_cls, writer: bool
     ms.set_seed(seed)  # each run starts from the seed alone, whatever ran before it in this process
     np.random.seed(seed)
     random.seed(seed)
-    dm = data_cls(_section(cfg, "data"), seed=seed)
-    system = system_cls(_section(cfg, "system"), seed=seed, resumed=cfg.resume is not None)
-    if mode == "train":
-        system.configure_optimizers()  # a bad optimizer.params path fails here, before the trial folder
-    trainer = Trainer(system, dm, None, _section(cfg, "trainer"), _section(cfg, "checkpoint"), writer=writer)
-    if cfg.resume:
-        trainer.restore(cfg.resume)  # a checkpoint that does not fit the model fails here, before the trial folder
+    say = print if writer else (lambda *_: None)
+    phases = Phases(say)
+    with phases("building", "building the system (models, text embeddings)"):
+        dm = data_cls(_section(cfg, "data"), seed=seed)
+        system = system_cls(_section(cfg, "system"), seed=seed, resumed=cfg.resume is not None)
+        if mode == "train":
+            system.configure_optimizers()  # a bad optimizer.params path fails here, before the trial folder
+        trainer = Trainer(system, dm, None, _section(cfg, "trainer"), _section(cfg, "checkpoint"), writer=writer)
+        if cfg.resume:
+            trainer.restore(cfg.resume)  # a checkpoint that does not fit the model fails here, before the trial folder
     if writer:
         trial = Trial.create(cfg.exp_root_dir, cfg.name, cfg.tag, cfg.use_timestamp)
         trial.save_config(cfg)
         trainer.attach(trial)
         print(f"trial folder: {trial.root}")
+    outputs = []
     if mode == "train":
-        try:
-            trainer.fit()
-        except TrainingInterrupted as exc:
-            if trainer.trial is not None:
-                exc.command = resume_command(trainer.trial.root, exc.checkpoint, args.device)
-            raise
-        outputs = trainer.test() + trainer.export()
-    else:
-        outputs = {"validate": trainer.validate, "test": trainer.test, "export": trainer.export}[mode]()
-    for path in outputs:
-        print(f"wrote {path}")
+        left = trainer.cfg.max_steps - trainer.global_step
+        with phases("training", f"training {left} steps (the first step compiles the graph"
+                                f"{' in GRAPH mode' if ms.get_context('mode') == ms.GRAPH_MODE else ''})"):
+            try:
+                trainer.fit()
+            except TrainingInterrupted as exc:
+                if trainer.trial is not None:
+                    exc.command = resume_command(trainer.trial.root, exc.checkpoint, args.device)
+                raise
+    if mode in ("train", "test"):
+        with phases("test orbit", f"rendering the test orbit ({dm.n_test} views)"):
+            outputs += trainer.test()
+    if mode in ("train", "export"):
+        with phases("export", "exporting"):
+            outputs += trainer.export()
+    if mode == "validate":
+        outputs += trainer.validate()
+    if writer:
+        phases.summary(trainer.trial.root, outputs + ([trainer.last_preview] if trainer.last_preview else []))
     return trainer
+
+
+class Phases:
+    """One line when a phase starts and one when it ends (with its time); a summary of the run at the end."""
+
+    KINDS = ((".mp4", "video"), (".gif", "video (gif)"), (".obj", "mesh"), (".glb", "mesh (glb)"),
+             ("-preview.png", "preview"), (".ckpt", "model"))
+
+    def __init__(self, say=print):
+        self.say, self.times, self.start = say, {}, time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, key: str, text: str):
+        self.say(f"{text} ...", flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.times[key] = time.perf_counter() - t0
+        self.say(f"{key}: done in {self.times[key]:.1f} s", flush=True)
+
+    def summary(self, trial_root: str, outputs: list) -> None:
+        total = time.perf_counter() - self.start
+        parts = ", ".join(f"{k} {v:.0f} s" for k, v in self.times.items())
+        lines = [f"done in {int(total // 60)} min {total % 60:.0f} s ({parts})", f"  trial folder: {trial_root}"]
+        seen = set()
+        for path in outputs:
+            kind = next((name for ending, name in self.KINDS if path.endswith(ending)), None)
+            if kind is not None and path not in seen:
+                seen.add(path)
+                lines.append(f"  {kind + ':':13s} {path}")
+        self.say("\n".join(lines), flush=True)
 
 
 def main(argv: Optional[list[str]] = None):

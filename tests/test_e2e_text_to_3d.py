@@ -43,9 +43,11 @@ def _metrics(trial_root):
         return {r["step"]: r for r in map(json.loads, f)}
 
 
-def test_train_test_export_resume(tiny):
+def test_train_test_export_resume(tiny, capsys):
     paths, root = tiny
     full = launch.main(_args(paths, root, "name=full"))
+    out = capsys.readouterr().out
+    print(out)
     trial = full.trial.root
     m = _metrics(trial)
     print("losses", {s: r["loss"] for s, r in m.items()}, "t", {s: (r["t"], r["min_step"], r["max_step"])
@@ -59,6 +61,17 @@ def test_train_test_export_resume(tiny):
     # validation: rgb | opacity side by side (the plain config has no normals)
     for name in ("it1-0.png", "it1-1.png", "it2-0.png", "it2-1.png"):
         assert iio.imread(os.path.join(save, name)).shape == (24, 48, 3)
+    # contact sheets: the 2 validation views (columns) as rgb / opacity rows, and 3 orbit frames; 2-pixel gaps
+    assert iio.imread(os.path.join(save, "it2-preview.png")).shape == (2 * 24 + 2, 2 * 24 + 2, 3)
+    assert iio.imread(os.path.join(save, "it2-test-preview.png")).shape == (2 * 24 + 2, 3 * 24 + 2 * 2, 3)
+    # one line per phase, then the summary naming what a person opens first
+    for line in ("building the system", "training 2 steps (the first step compiles the graph",
+                 f"rendering the test orbit ({N_TEST} views)", "exporting ...", "done in "):
+        assert line in out, line
+    summary = out[out.index("done in "):]
+    for kind, path in (("video:", "it2-test.mp4"), ("mesh:", "model.obj"), ("preview:", "it2-test-preview.png")):
+        line = next((ln for ln in summary.splitlines() if ln.strip().startswith(kind)), "")
+        assert line.endswith(path), (kind, path, summary)
     reader = imageio2.get_reader(os.path.join(save, "it2-test.mp4"))
     n_mp4 = reader.count_frames()
     frame = reader.get_data(0)

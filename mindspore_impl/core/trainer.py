@@ -104,6 +104,15 @@ class CheckpointConfig:
     save_top_k: int = field(default=-1, metadata=_at_least(-1, "-1 keeps all"))
 
 
+PREVIEW_VIEWS = 8  # orbit frames in the test contact sheet
+
+
+def sheet(views: list) -> np.ndarray:
+    """Contact sheet of views, each {name: image}: one column per view, one row per image name."""
+    from mindspore_impl.core.media import contact_sheet
+    return contact_sheet([[v[k] for v in views] for k in views[0]])
+
+
 def _metric_value(v: Any) -> float:
     if hasattr(v, "asnumpy"):
         v = v.asnumpy()
@@ -120,6 +129,8 @@ class Trainer:
         self.global_step = 0
         self.log = log
         self.writer = bool(writer)
+        self.last_preview: Optional[str] = None  # the newest contact sheet written (validation or test orbit)
+        self._validated_at: Optional[int] = None
         self.last_checkpoint: Optional[str] = None  # written by this trainer
         self.resumed_from: Optional[str] = None
         self._stop_signal: Optional[int] = None
@@ -310,6 +321,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self.writer and self.dm.n_val and self._validated_at != self.global_step:
+            self.validate()  # the final state's views and contact sheet
         if self.ckpt_cfg.save_last and self._saved_at != self.global_step:
             self.save_checkpoint("last")
         return self.global_step
@@ -335,22 +348,31 @@ class Trainer:
                 f"(system.amp_level=O2: lower system.loss_scale), or a guidance scale too high")
 
     def _progress_bar(self):
+        """tqdm on stderr: steps, steps/s, time left and the loss. In a terminal it redraws in place; in a log
+        file (not a tty) it writes a line at most every 10 s, so logs stay short."""
         if not self.cfg.enable_progress_bar or not self.writer:
             return None
         from tqdm import tqdm
+        tty = sys.stderr.isatty()
         return tqdm(total=self.cfg.max_steps, initial=self.global_step, unit="step", dynamic_ncols=True,
-                    file=sys.stderr, desc="train")
+                    file=sys.stderr, desc="train", mininterval=0.5 if tty else 10.0)
 
     def validate(self) -> list[str]:
-        """Render the validation views; writes save/it{step}-{i}.png (images side by side)."""
+        """Render the validation views; writes save/it{step}-{i}.png (images side by side) and the contact sheet
+        save/it{step}-preview.png (views as columns, rgb / normal / opacity as rows)."""
         from mindspore_impl.core.media import save_image, strip
         if not self.writer:
             return []
         self.system.set_step(self.global_step)
-        paths = []
+        paths, views = [], []
         for i in range(self.dm.n_val):
             images = self.system.validation_step(self.dm.val_batch(i), i)
             paths.append(save_image(self.trial.save_path(f"it{self.global_step}-{i}.png"), strip(images)))
+            views.append(images)
+        if views:
+            self.last_preview = save_image(self.trial.save_path(f"it{self.global_step}-preview.png"), sheet(views))
+            paths.append(self.last_preview)
+        self._validated_at = self.global_step
         return paths
 
     def test(self) -> list[str]:
@@ -359,13 +381,21 @@ class Trainer:
         if not self.writer:
             return []
         self.system.set_step(self.global_step)
+        if self.dm.n_test == 0:
+            return []
         stem = self.trial.save_path(f"it{self.global_step}-test")
-        frames = []
+        frames, shown = [], []
+        picked = set(np.linspace(0, self.dm.n_test - 1, min(PREVIEW_VIEWS, self.dm.n_test)).round().astype(int))
         for i in range(self.dm.n_test):
-            frame = strip(self.system.test_step(self.dm.test_batch(i), i))
+            images = self.system.test_step(self.dm.test_batch(i), i)
+            frame = strip(images)
             save_image(os.path.join(stem, f"{i:04d}.png"), frame)
             frames.append(frame)
-        return save_video(frames, stem, fps=self.cfg.test_video_fps, formats=tuple(self.cfg.test_video_formats))
+            if i in picked:
+                shown.append(images)
+        self.last_preview = save_image(stem + "-preview.png", sheet(shown))
+        return save_video(frames, stem, fps=self.cfg.test_video_fps,
+                          formats=tuple(self.cfg.test_video_formats)) + [self.last_preview]
 
     def export(self) -> list[str]:
         """The system's exports under save/it{step}-export/."""
