@@ -73,6 +73,9 @@ class MVDreamSystemConfig(BaseLift3DSystemConfig):
     guidance_graph: Optional[bool] = None
 
 
+# a deferred step picks the next step's compaction bucket for 1.3x the occupied samples it saw
+BUCKET_HEADROOM = 1.3
+
 # per-pixel maps a deferred step keeps between its passes, with their channel counts
 DEFERRED_MAPS = (("comp_rgb_fg", 3), ("comp_rgb_bg", 3), ("opacity", 1), ("z_variance", 1))
 
@@ -128,8 +131,10 @@ class MVDreamSystem(BaseLift3DSystem):
         if cfg.use_recompute:
             self.apply_recompute()
         self._steps: dict[str, Any] = {}
-        # compaction bucket of the next deferred step: the largest (every sample) until a step has measured
-        self._bucket_index = max(0, len(self.renderer.cfg.compaction_buckets) - 1)
+        # compaction bucket of the next deferred step: the smallest until a step has measured (the grid is pruned
+        # before the first step; an overflow renders again with a bucket that holds the samples)
+        self._bucket_index = 0
+        self._overflow_reported, self._rerendered = False, 0.0
 
     def _linked_prompt_config(self) -> dict:
         """The prompt processor reads the text encoder from the guidance's checkpoint unless told otherwise."""
@@ -450,10 +455,11 @@ class MVDreamSystem(BaseLift3DSystem):
             return 0, 0
         return self.renderer.bucket_sizes(int(self.cfg.render_chunk_rays), float(fractions[index]))
 
-    def _smallest_bucket(self, occupied: np.ndarray) -> int:
-        """The first bucket whose buffers hold the most occupied samples (fine, coarse) of any chunk."""
+    def _smallest_bucket(self, occupied: np.ndarray, headroom: float = 1.0) -> int:
+        """The first bucket whose buffers hold the most occupied samples (fine, coarse) of any chunk, times
+        `headroom`."""
         for i in range(len(self.renderer.cfg.compaction_buckets)):
-            if np.all(occupied <= np.asarray(self._bucket(i))):
+            if np.all(np.ceil(occupied * headroom) <= np.asarray(self._bucket(i))):
                 return i
         return len(self.renderer.cfg.compaction_buckets) - 1
 
@@ -469,10 +475,17 @@ class MVDreamSystem(BaseLift3DSystem):
             needed = self._smallest_bucket(occupied.max(0)) if self.renderer.cfg.compaction_buckets else index
             if needed <= index:
                 break
-            print(f"[compaction] {int(occupied.max(0)[0])} occupied samples (coarse {int(occupied.max(0)[1])}) in a "
-                  f"chunk overflow the buffer of {self._bucket(index)}; rendering again with {self._bucket(needed)}")
+            if not self._overflow_reported:  # once: it recurs while the object grows (metrics: rerendered)
+                print(f"[compaction] {int(occupied.max(0)[0])} occupied samples (coarse {int(occupied.max(0)[1])}) "
+                      f"in a chunk overflow the buffer of {self._bucket(index)}; rendering again with "
+                      f"{self._bucket(needed)} (this happens while the object grows; counted in metrics.csv as "
+                      "'rerendered')", flush=True)
+                self._overflow_reported = True
+            self._rerendered = 1.0
             index = needed
-        self._bucket_index = needed
+        # the next step's bucket leaves room for the object to grow, so overflows (a second render) stay rare
+        if self.renderer.cfg.compaction_buckets:
+            self._bucket_index = self._smallest_bucket(occupied.max(0), BUCKET_HEADROOM)
         maps = [r[0] for r in results]
         return maps, np.float32(sum(r[1] for r in results)), occupied, index
 
@@ -496,6 +509,7 @@ class MVDreamSystem(BaseLift3DSystem):
         chunks = [([ms.Tensor(r[s:s + chunk]) for r in rays] + colors + [ms.Tensor(valid[s:s + chunk])], s)
                   for s in range(0, n + pad, chunk)]
 
+        self._rerendered = 0.0
         maps, orient_total, occupied, index = self._render_chunks(inputs["shading"], chunks)
         maps = np.concatenate(maps, 0)[:n].reshape(b, h, w, -1)
         aux, d_maps = self._image_pass(inputs, maps, orient_total)
@@ -509,7 +523,7 @@ class MVDreamSystem(BaseLift3DSystem):
         samples = (n + pad) * self.renderer.jitter_samples
         evaluated = self._bucket(index)[0] * len(chunks) if self.renderer.cfg.compaction_buckets else samples
         return aux[:-1], {"occupied_fraction": float(occupied[:, 0].sum()) / samples,
-                          "evaluated_fraction": evaluated / samples}
+                          "evaluated_fraction": evaluated / samples, "rerendered": self._rerendered}
 
     def run_step(self, inputs: dict) -> dict[str, float]:
         """Forward + backward + AdamW update on inputs from draw_step_inputs; returns float metrics."""
