@@ -320,7 +320,7 @@ def run_one(cfg: DictConfig, mode: str, args, system_cls, data_cls, writer: bool
     ms.set_seed(seed)  # each run starts from the seed alone, whatever ran before it in this process
     np.random.seed(seed)
     random.seed(seed)
-    say = print if writer else (lambda *_: None)
+    say = print if writer else (lambda *_, **__: None)
     phases = Phases(say)
     with phases("building", "building the system (models, text embeddings)"):
         dm = data_cls(_section(cfg, "data"), seed=seed)
