@@ -75,6 +75,16 @@ def metrics(root):
         return {r["step"]: r for r in map(json.loads, f)}
 
 
+def launch_process(args, timeout=400) -> str:
+    """launch.py in its own process (as msrun's workers are: no state from earlier tests in this one) -> the
+    trial folder it printed."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    path = next(ln for ln in proc.stdout.splitlines() if ln.startswith("trial folder: "))[len("trial folder: "):]
+    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+
+
 def only_dir(path):
     entries = os.listdir(path)
     assert len(entries) == 1, entries
@@ -151,8 +161,7 @@ def test_data_parallel_equals_one_process_on_the_combined_batch(dataset, tmp_pat
         f"{n}.{e}" for n in ("step000001", "step000002", "last") for e in ("ckpt", "json"))
     assert os.path.exists(os.path.join(root_dp, "save", "it2-export", "model.ckpt"))
 
-    single = launch.main(_mv_args(tmp_path / "one", dataset))
-    root_1 = single.trial.root
+    root_1 = launch_process(_mv_args(tmp_path / "one", dataset))
     dp, one = metrics(root_dp), metrics(root_1)
     loss_err = max(abs(dp[s]["loss"] - one[s]["loss"]) / abs(one[s]["loss"]) for s in (1, 2))
     state_dp, meta_dp = load_training_state(os.path.join(root_dp, "ckpts", "last.ckpt"))
@@ -166,10 +175,10 @@ def test_data_parallel_equals_one_process_on_the_combined_batch(dataset, tmp_pat
 
     # rank 0's step-1 checkpoint holds everything a run needs (the data stream is the global one): one process
     # resumed from it trains step 2 like the uninterrupted runs
-    resumed = launch.main(_mv_args(tmp_path / "resumed", dataset,
-                                   f"resume={os.path.join(root_dp, 'ckpts', 'step000001.ckpt')}"))
-    again = metrics(resumed.trial.root)
-    state_r, _ = load_training_state(os.path.join(resumed.trial.root, "ckpts", "last.ckpt"))
+    root_r = launch_process(_mv_args(tmp_path / "resumed", dataset,
+                                     f"resume={os.path.join(root_dp, 'ckpts', 'step000001.ckpt')}"))
+    again = metrics(root_r)
+    state_r, _ = load_training_state(os.path.join(root_r, "ckpts", "last.ckpt"))
     c = _compare(state_r, state_1)
     report = (f"resumed from rank 0's step 1: step-2 loss {again[2]['loss']!r}, one process {one[2]['loss']!r}, "
               f"2 ranks {dp[2]['loss']!r}; {_says(c)}")
