@@ -186,3 +186,16 @@ def assert_parity(actual, reference, name: str, rel: float = 1e-4, dtype: str = 
     print(f"[parity] {name}: max abs err {err:.3e} (tolerance {tol:.3e}, max |ref| {scale:.3e})")
     assert err <= tol, f"{name}: max abs err {err:.3e} exceeds tolerance {tol:.3e}"
     return err
+
+
+# Compiled steps a test replaces are kept for the whole session. MindSpore 2.7.2 keys the graphs of a grad
+# (ms.grad / ms.value_and_grad) by the differentiated function's id(); a new closure that CPython puts at a
+# freed one's address then met that function's dropped graph inside the full suite ("func_graph->get_return()
+# is null" while compiling).
+_RETIRED_STEPS: list = []
+
+
+def fresh_steps(system) -> None:
+    """Forget the system's compiled steps (the next step builds and compiles anew) without freeing them."""
+    _RETIRED_STEPS.append(dict(system._steps))
+    system._steps.clear()

@@ -11,7 +11,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from tests.parity import assert_parity
+from tests.parity import assert_parity, fresh_steps
 from tests.test_system_step_parity import STEP, build_ms_system, texture_field, tiny, tiny_config, trained_state  # noqa: F401
 
 
@@ -19,7 +19,7 @@ def one_step(system, inputs, snapshot, chunk: int, guidance_graph=None):
     system.load_state_dict(*copy.deepcopy(snapshot))
     system.cfg.render_chunk_rays = chunk
     system.cfg.guidance_graph = guidance_graph
-    system._steps.clear()
+    fresh_steps(system)
     metrics = system.run_step(inputs)
     return metrics, trained_state(system)
 

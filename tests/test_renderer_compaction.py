@@ -14,7 +14,7 @@ import pytest
 from mindspore import Tensor
 
 from mindspore_impl.lift3d.renderers.ray_sampling import compact_slots, scatter_back
-from tests.parity import assert_parity, ms_device, to_numpy, to_torch, torch_device
+from tests.parity import assert_parity, fresh_steps, ms_device, to_numpy, to_torch, torch_device
 from tests.parity_cases import IMAGE_KEYS, STEP, build_ms_system, make_rays, texture_field, tiny_config, trained_state
 from tests.parity_cases import renderer_pair as build
 from tests.test_system_step_parity import tiny  # noqa: F401  (a fixture)
@@ -130,7 +130,7 @@ def test_deferred_step_overflow_takes_the_next_bucket(tiny, capsys):
     for name, buckets, start in (("dense", [], 0), ("compacted", [0.015625, 0.25, 0.5, 1.0], 0)):
         system.load_state_dict(*copy.deepcopy(snapshot))
         system.renderer.cfg.compaction_buckets = buckets
-        system._steps.clear()
+        fresh_steps(system)
         system._bucket_index = start
         results[name] = (system.run_step(inputs), trained_state(system)[0], system._bucket_index)
     printed = capsys.readouterr().out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import launch
-from tests.parity import assert_parity, tolerance
+from tests.parity import assert_parity, fresh_steps, tolerance
 from tests.parity_cases import (STEP, TINY_SDS, build_ms_system, make_tiny, sds_step_pair, texture_field,  # noqa: F401
                                 tiny_config, tiny_overrides, trained_state)
 from torch_ref.lift3d.systems import mvdream_system as twin
@@ -63,7 +63,7 @@ def test_one_training_step_matches_torch_and_graph(tiny):
 
     # the same step compiled as one graph, from the same state
     system.load_state_dict(*snapshot)
-    system._steps.clear()
+    fresh_steps(system)
     ms.set_context(mode=ms.GRAPH_MODE)
     g_metrics = system.run_step(inputs)
     ms.set_context(mode=ms.PYNATIVE_MODE)
