@@ -8,6 +8,10 @@ One place for:
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from neutral.errors import UserError
@@ -199,3 +203,20 @@ def fresh_steps(system) -> None:
     """Forget the system's compiled steps (the next step builds and compiles anew) without freeing them."""
     _RETIRED_STEPS.append(dict(system._steps))
     system._steps.clear()
+
+
+def in_fresh_interpreter(test_file: str, node: str, flag: str, timeout: int = 900) -> bool:
+    """Run one test in a fresh interpreter (pytest with this session's devices) unless this is that run: True when
+    the caller is the fresh run and should test; otherwise asserts the fresh run passed and returns False.
+    For GRAPH-mode tests that MindSpore 2.7.2's graph manager failed inside the full suite ("func_graph->
+    get_return() is null", MaybeDropFuncGraphs) and never alone."""
+    if os.environ.get(flag) == "1":
+        return True
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                           f"{os.path.abspath(test_file)}::{node}", f"--ms-device={ms_device()}",
+                           f"--torch-device={_devices['torch']}"],
+                          cwd=root, env={**os.environ, flag: "1"}, capture_output=True, text=True, timeout=timeout)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return False

@@ -4,9 +4,6 @@ are scattered back. With a buffer that holds every occupied sample the render eq
 parameter gradients, PyNative and GRAPH, MindSpore and torch_ref); a deferred training step whose samples overflow
 its bucket renders again with the next bucket and loses nothing."""
 import copy
-import os
-import subprocess
-import sys
 
 import mindspore as ms
 import numpy as np
@@ -14,13 +11,11 @@ import pytest
 from mindspore import Tensor
 
 from mindspore_impl.lift3d.renderers.ray_sampling import compact_slots, scatter_back
-from tests.parity import assert_parity, fresh_steps, ms_device, to_numpy, to_torch, torch_device
+from tests.parity import assert_parity, fresh_steps, in_fresh_interpreter, to_numpy, to_torch
 from tests.parity_cases import IMAGE_KEYS, STEP, build_ms_system, make_rays, texture_field, tiny_config, trained_state
 from tests.parity_cases import renderer_pair as build
 from tests.test_system_step_parity import tiny  # noqa: F401  (a fixture)
 from torch_ref.lift3d.renderers.ray_sampling import compact_slots as pt_compact_slots
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("bucket", [64, 37, 10])
@@ -65,22 +60,10 @@ def _ms_render(ms_r, inputs, bucket, g):
     return {k: v.asnumpy() for k, v in out.items() if v is not None}, [x.asnumpy() for x in grads]
 
 
-CHILD_ENV = "COMPACTION_GRAPH_IN_CHILD"
-
-
 @pytest.mark.parametrize("mode", ["pynative", "graph"])
 def test_compacted_render_equals_dense_and_torch(mode):
-    if mode == "graph" and os.environ.get(CHILD_ENV) != "1":
-        # the GRAPH variant runs in a fresh interpreter: inside the full suite, MindSpore 2.7.2's graph manager
-        # now and then failed compiling this grad graph ("func_graph->get_return() is null", MaybeDropFuncGraphs),
-        # never when the test ran alone; state left by earlier tests' graphs, not this renderer
-        node = f"{os.path.abspath(__file__)}::test_compacted_render_equals_dense_and_torch[graph]"
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node,
-                               f"--ms-device={ms_device()}", f"--torch-device={torch_device()}"],
-                              cwd=ROOT, env={**os.environ, CHILD_ENV: "1"}, capture_output=True, text=True,
-                              timeout=600)
-        print(proc.stdout[-4000:])
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    if mode == "graph" and not in_fresh_interpreter(
+            __file__, "test_compacted_render_equals_dense_and_torch[graph]", "COMPACTION_GRAPH_IN_CHILD"):
         return
     cfg = {"num_samples_per_ray": 12, "num_importance_samples": 12, "occ_update_interval": 1,
            "return_comp_normal": True}

@@ -6,21 +6,15 @@ the same step compiled in GRAPH mode gives the same loss and parameters.
 Models: the tiny random MVDream checkpoint of scripts/make_tiny_checkpoint.py (its original-layout
 .pt feeds the torch side, its converted .ckpt the MindSpore side), configs/tiny-sds.yaml at 16x16.
 """
-import os
-import subprocess
-import sys
-
 import mindspore as ms
 import numpy as np
 import pytest
 
 import launch
-from tests.parity import assert_parity, fresh_steps, ms_device, tolerance, torch_device
+from tests.parity import assert_parity, fresh_steps, in_fresh_interpreter, tolerance
 from tests.parity_cases import (STEP, TINY_SDS, build_ms_system, make_tiny, sds_step_pair, texture_field,  # noqa: F401
                                 tiny_config, tiny_overrides, trained_state)
 from torch_ref.lift3d.systems import mvdream_system as twin
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # STEP, build_ms_system, texture_field, tiny_config and trained_state are imported from here by
 # tests/test_deferred_step.py and tests/test_renderer_compaction.py (with the `tiny` fixture).
@@ -63,20 +57,8 @@ def check_step_parity(tiny, cfg, expect_terms):
     return system, inputs, snapshot, metrics, ms_params
 
 
-CHILD_ENV = "STEP_GRAPH_IN_CHILD"
-
-
 def test_one_training_step_matches_torch_and_graph(tiny):
-    if os.environ.get(CHILD_ENV) != "1":
-        # in a fresh interpreter: inside the full suite MindSpore 2.7.2 now and then failed compiling this step's
-        # GRAPH ("func_graph->get_return() is null", MaybeDropFuncGraphs), never when the test ran alone
-        node = f"{os.path.abspath(__file__)}::test_one_training_step_matches_torch_and_graph"
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", node,
-                               f"--ms-device={ms_device()}", f"--torch-device={torch_device()}"],
-                              cwd=ROOT, env={**os.environ, CHILD_ENV: "1"}, capture_output=True, text=True,
-                              timeout=900)
-        print(proc.stdout[-4000:])
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    if not in_fresh_interpreter(__file__, "test_one_training_step_matches_torch_and_graph", "STEP_GRAPH_IN_CHILD"):
         return
     cfg = tiny_config(tiny, shading=False)
     system, inputs, snapshot, metrics, ms_params = check_step_parity(tiny, cfg, ("sds",))
