@@ -4,6 +4,7 @@ azimuth 90 over 360 degrees, seed 23, prompt suffix ", 3d asset", 3 samples in o
 
     python scripts/t2i.py --text "an astronaut riding a horse" --ckpt mvdream-sd21.ckpt --tokenizer tokenizer/
     python scripts/t2i.py --text "a bulldozer" --num_frames 16 --sampler dpmpp2m --steps 20 ...
+    python scripts/t2i.py --text "a bulldozer" --sampler unipc --unipc-order 2 --unipc-variant bh2 --steps 15 ...
 
 Writes OUTDIR/grid.png (one row per sample, views left to right) and OUTDIR/sample{i}_view{j}.png.
 --num_frames above 4 uses the sliding-window scheme (mindspore_impl/mvdream/sliding_window.py).
@@ -20,6 +21,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from neutral.mvdream.samplers import SAMPLERS, UNIPC_ORDERS, UNIPC_VARIANTS  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,8 +42,14 @@ def parse_args(argv=None):
     ap.add_argument("--scale", type=float, default=10.0)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--eta", type=float, default=0.0)
-    ap.add_argument("--sampler", choices=["ddim", "dpmpp2m"], default="ddim")
-    ap.add_argument("--karras", action="store_true", help="Karras sigmas for dpmpp2m")
+    ap.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+                    help="ddim (eta allowed), dpmpp2m (DPM-Solver++ 2M) or unipc (UniPC multistep); the last two "
+                         "are deterministic (--eta 0)")
+    ap.add_argument("--karras", action="store_true", help="Karras sigmas for dpmpp2m and unipc")
+    ap.add_argument("--unipc-order", "--unipc_order", dest="unipc_order", type=int, choices=list(UNIPC_ORDERS),
+                    default=2, help="UniPC solver order (default 2); the last steps drop to lower orders")
+    ap.add_argument("--unipc-variant", "--unipc_variant", dest="unipc_variant", choices=list(UNIPC_VARIANTS),
+                    default="bh2", help="UniPC B(h): bh1 (B = h) or bh2 (B = e^h - 1, default)")
     ap.add_argument("--n_samples", type=int, default=3, help="rows of the grid (the original draws 3)")
     ap.add_argument("--window", type=int, default=3, help="sliding-window size when num_frames > 4")
     ap.add_argument("--windows_per_call", type=int, default=1,
@@ -64,6 +73,8 @@ def check_args(args) -> None:
     """Every argument that can be checked before the model loads; one-line SamplingError otherwise."""
     from mindspore_impl.mvdream.pipeline import SamplingError, check_sampling_args
 
+    if args.sampler != "ddim" and args.eta != 0.0:
+        raise SamplingError(f"--eta must be 0 with --sampler {args.sampler} (a deterministic sampler), got {args.eta}")
     if args.n_samples < 1:
         raise SamplingError(f"--n_samples must be >= 1, got {args.n_samples}")
     if args.size < 1:
@@ -106,7 +117,7 @@ def run(args) -> int:
                       scale=args.scale, eta=args.eta, sampler=args.sampler, height=args.size, width=args.size,
                       single_view=args.single_view or not args.use_camera, karras=args.karras,
                       window=args.window, windows_per_call=args.windows_per_call, rng=rng,
-                      progress=True)
+                      progress=True, unipc_order=args.unipc_order, unipc_variant=args.unipc_variant)
         print(f"sample {i}: {len(images)} views in {time.time() - t0:.1f}s")
         for j, img in enumerate(images):
             iio.imwrite(os.path.join(args.outdir, f"sample{i}_view{j}.png"), img)

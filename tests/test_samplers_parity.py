@@ -102,6 +102,47 @@ def test_sampler_parity_tiny_unet(unets, sampler, eta, karras, steps):
     assert float(np.abs(out_ms.asnumpy() - x_T).max()) > 0.1
 
 
+def _run_unipc(ms_model_fn, t_model_fn, ctx_dim, steps, order, variant, scale, karras=False, clip_x0=None, ac=None):
+    """tests/parity_cases.run_samplers with UniPC's order and variant -> (MindSpore, torch, x_T)."""
+    import torch
+    x_T, c, uc, cam = _inputs(ctx_dim)
+    ac = make_alphas_cumprod() if ac is None else ac
+    f = x_T.shape[0]
+    ms_eps = mss.guided_eps_fn(ms_model_fn, ms.Tensor(c), ms.Tensor(uc), scale, ms.Tensor(cam), f)
+    t_eps = ts.guided_eps_fn(t_model_fn, to_torch(c), to_torch(uc), scale, to_torch(cam), f)
+    kw = dict(karras=karras, clip_x0=clip_x0, order=order, variant=variant)
+    out_ms = mss.sample("unipc", ms_eps, ms.Tensor(x_T), ac, steps, **kw)
+    with torch.no_grad():
+        out_t = ts.sample("unipc", t_eps, to_torch(x_T), ac, steps, **kw)
+    return out_ms, out_t, x_T
+
+
+@pytest.mark.parametrize("variant,order,karras", [("bh2", 2, False), ("bh1", 3, False), ("bh2", 3, True),
+                                                  ("bh1", 1, False)])
+def test_unipc_parity_stand_in_20_steps(variant, order, karras):
+    """UniPC (predictor + corrector, history over all views at once) on the stand-in model, CFG 7.5."""
+    out_ms, out_t, x_T = _run_unipc(_stand_in_ms, _stand_in_torch, 8, 20, order, variant, 7.5, karras)
+    assert_parity(out_ms, out_t, f"stand-in UniPC {variant} order {order} karras={karras} 20 steps", rel=1e-4)
+    assert float(np.abs(out_ms.asnumpy() - x_T).max()) > 0.1
+
+
+def test_unipc_clip_x0_parity_and_bounds():
+    """Pixel-space sampling: the clipped data prediction bounds UniPC's result too (final step x = m0)."""
+    ac = make_alphas_cumprod(1000, 1e-4, 0.02, "sqrt_linear")
+    out_ms, out_t, _ = _run_unipc(_stand_in_ms, _stand_in_torch, 8, 20, 2, "bh2", 7.5, clip_x0=1.0, ac=ac)
+    assert_parity(out_ms, out_t, "clip_x0 UniPC", rel=1e-4)
+    assert np.abs(out_ms.asnumpy()).max() <= 1.0 + 1e-6
+
+
+def test_unipc_parity_tiny_unet(unets):
+    """A full tiny UniPC run through the real MultiViewUNetModel (random weights), CFG + cameras."""
+    ms_unet, t_unet, ctx_dim = unets
+    out_ms, out_t, x_T = _run_unipc(_ms_model_fn(ms_unet), _torch_model_fn(t_unet), ctx_dim, 4, 3, "bh2", 3.0)
+    assert_parity(out_ms, out_t, "tiny UNet UniPC bh2 order 3 4 steps", rel=1e-4)
+    assert np.all(np.isfinite(out_ms.asnumpy()))
+    assert float(np.abs(out_ms.asnumpy() - x_T).max()) > 0.1
+
+
 def test_bad_step_counts_and_names():
     with pytest.raises(ValueError, match="3 steps would sample timestep 1000"):
         mss.ddim_timesteps(3)

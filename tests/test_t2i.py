@@ -89,6 +89,19 @@ def test_t2i_many_views_sliding_window_dpmpp(assets):
     assert iio.imread(out / "sample0_view4.png").shape == (16, 16, 3)
 
 
+def test_t2i_unipc(assets, capsys):
+    """--sampler unipc with its order/variant flags writes the views; an eta for it is a one-line error."""
+    out = assets["dir"] / "out_unipc"
+    assert run_t2i(assets, out, "--sampler", "unipc", "--unipc-order", "3", "--unipc-variant", "bh1",
+                   "--steps", "3", "--num_frames", "2") == 0
+    grid = iio.imread(out / "grid.png")
+    assert grid.shape == (16, 2 * 16, 3) and grid.std() > 0
+    capsys.readouterr()
+    assert run_t2i(assets, out, "--sampler", "unipc", "--eta", "0.5") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --eta must be 0 with --sampler unipc (a deterministic sampler), got 0.5"
+
+
 def test_pipeline_seed_determinism_and_single_view(assets):
     pipe = MVDreamPipeline.from_checkpoint(assets["ckpt"], TINY_CONFIG, assets["tok"])
     kw = dict(num_frames=2, steps=1, height=16, width=16, seed=7)

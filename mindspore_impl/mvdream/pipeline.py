@@ -182,11 +182,15 @@ class MVDreamPipeline:
                  single_view: bool = False, karras: bool = False, joint_views: int = 4,
                  window: Optional[int] = DEFAULT_WINDOW, windows_per_call: int = 1,
                  rng: Optional[np.random.RandomState] = None, progress: bool = False,
-                 return_latents: bool = False):
+                 return_latents: bool = False, unipc_order: int = 2, unipc_variant: str = "bh2",
+                 camera: Optional[np.ndarray] = None):
         """-> uint8 images (num_frames, height, width, 3) (and the latents if asked).
 
         The start noise and the DDIM eta noise come from `rng` (default RandomState(seed)).
         single_view: every view is an independent image (no camera, num_frames 1 per image).
+        camera: (num_frames, 16) camera conditions to use instead of the orbit from elevation / azimuth_* (for
+        example `normalize_camera(c2w)` of renderer cameras, what the SDS guidance feeds the model).
+        unipc_order (1-3) / unipc_variant ("bh1", "bh2"): UniPC's; karras: Karras sigmas for dpmpp2m and unipc.
         """
         check_sampling_args(self.image_multiple, num_frames, steps, scale, height, width, eta,
                             window if num_frames > joint_views and not single_view else None, windows_per_call)
@@ -194,12 +198,20 @@ class MVDreamPipeline:
         rng = np.random.RandomState(seed) if rng is None else rng
         context = self.encode_text([prompt])
         uncontext = self.encode_text([negative_prompt])
-        camera = None if single_view else ms.Tensor(get_camera(num_frames, elevation, azimuth_start, azimuth_span))
+        if camera is not None and tuple(np.shape(camera)) != (num_frames, 16):
+            raise SamplingError(f"camera must be ({num_frames}, 16) for {num_frames} views, got {np.shape(camera)}")
+        if single_view:
+            camera = None
+        elif camera is None:
+            camera = ms.Tensor(get_camera(num_frames, elevation, azimuth_start, azimuth_span))
+        else:
+            camera = ms.Tensor(np.asarray(camera, dtype=np.float32))
         eps_fn = self.eps_fn(context, uncontext, camera, num_frames, scale, single_view, joint_views,
                              window, windows_per_call)
         shape = (num_frames, self.latent_channels, height // f, width // f)
         x_T = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
         latents = samplers.sample(sampler, eps_fn, x_T, self.alphas_cumprod, steps, eta=eta, rng=rng,
-                                  karras=karras, progress=progress, clip_x0=self.clip_x0)
+                                  karras=karras, progress=progress, clip_x0=self.clip_x0, order=unipc_order,
+                                  variant=unipc_variant)
         images = self.decode(latents)
         return (images, latents) if return_latents else images

@@ -1,9 +1,12 @@
-"""Samplers for text-to-multiview generation: DDIM (as LDM/MVDream) and DPM-Solver++ 2M.
+"""Samplers for text-to-multiview generation: DDIM (as LDM/MVDream), DPM-Solver++ 2M and UniPC.
 
 Written here rather than taken from a library: the DDIM numerics must be the original LDM ones
 (uniform discretization with the +1 offset, alphas_prev starting at alphas_cumprod[0], LDM's eta
 sigma) and DPM-Solver++ 2M follows the diffusers DPMSolverMultistepScheduler defaults
 (dpmsolver++, midpoint, linspace spacing, first-order first and last step, final sigma 0).
+UniPC (Zhao et al. 2023) follows diffusers' UniPCMultistepScheduler (data prediction, bh1/bh2,
+orders 1-3, lower-order final steps, corrector after every model call but the first, final sigma 0);
+its coefficients come from neutral/mvdream/samplers.py.
 
 The loop over steps runs on the host. The model is reached through `eps_fn(x, t) -> eps`,
 x (N, 4, h, w) float32 latents of every view, t a Python int; `guided_eps_fn` builds one with
@@ -19,7 +22,7 @@ import numpy as np
 from mindspore import ops
 from tqdm import tqdm
 
-from neutral.mvdream.samplers import check_sampler, ddim_timesteps
+from neutral.mvdream.samplers import check_sampler, check_unipc, ddim_timesteps, unipc_orders, unipc_update
 
 EpsFn = Callable[[ms.Tensor, int], ms.Tensor]
 
@@ -151,12 +154,56 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int =
     return x
 
 
+# ----------------------------------------------------------------------------- UniPC
+def _unipc_apply(c, x, history, m_new=None):
+    """c.c_x x + c.c_m0 m0 + sum_k c.c_d[k-1] (m_{-k} - m0) [+ c.c_new (m_new - m0)], m0 = history[-1]."""
+    m0 = history[-1]
+    out = float(c.c_m0) * m0
+    if c.c_x != 0.0:
+        out = float(c.c_x) * x + out
+    for k, ck in enumerate(c.c_d, start=1):
+        out = out + float(ck) * (history[-1 - k] - m0)
+    if m_new is not None:
+        out = out + float(c.c_new) * (m_new - m0)
+    return out
+
+
+def sample_unipc(eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int = 20, order: int = 2,
+                 variant: str = "bh2", karras: bool = False, progress: bool = False, callback=None,
+                 clip_x0: Optional[float] = None):
+    """UniPC multistep (UniP predictor + UniC corrector, data prediction) from x_T; deterministic.
+
+    One model call per step: the model output at the predicted x_i corrects x_i (UniC) and then drives
+    the next prediction. callback(i, x) gets the predicted x_{i+1}, as diffusers' step() returns it.
+    """
+    check_unipc(order, variant)
+    timesteps, sigmas = dpmpp_schedule(alphas_cumprod, steps, karras)
+    orders = unipc_orders(len(timesteps), order)
+    x, last_x, history = x_T, None, []
+    for i in tqdm(range(len(timesteps)), desc="UniPC", disable=not progress):
+        eps = eps_fn(x, int(timesteps[i]))
+        alpha_s, sig_s = _alpha_sigma(float(sigmas[i]))
+        m = (x - float(sig_s) * eps) / float(alpha_s)
+        if clip_x0 is not None:
+            m = ops.clamp(m, -float(clip_x0), float(clip_x0))
+        if i > 0:  # UniC: x_i again from x_{i-1}, now with m_i
+            x = _unipc_apply(unipc_update(sigmas, i - 1, orders[i - 1], variant, corrector=True), last_x, history, m)
+        history = (history + [m])[-order:]
+        last_x, x = x, _unipc_apply(unipc_update(sigmas, i, orders[i], variant), x, history)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
 def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod: np.ndarray, steps: int, eta: float = 0.0,
-           rng=None, karras: bool = False, progress: bool = False, callback=None, clip_x0: Optional[float] = None):
-    """Dispatch by sampler name ("ddim" | "dpmpp2m")."""
+           rng=None, karras: bool = False, progress: bool = False, callback=None, clip_x0: Optional[float] = None,
+           order: int = 2, variant: str = "bh2"):
+    """Dispatch by sampler name ("ddim" | "dpmpp2m" | "unipc"); order/variant: UniPC's."""
     check_sampler(name, eta)
     if name == "ddim":
         return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback, clip_x0)
+    if name == "unipc":
+        return sample_unipc(eps_fn, x_T, alphas_cumprod, steps, order, variant, karras, progress, callback, clip_x0)
     return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback, clip_x0)
 
 

@@ -65,7 +65,8 @@ class MVDreamPipeline:
                  eta: float = 0.0, sampler: str = "ddim", seed: int = 23, height: int = 256, width: int = 256,
                  single_view: bool = False, karras: bool = False, joint_views: int = 4,
                  window: Optional[int] = DEFAULT_WINDOW, rng: Optional[np.random.RandomState] = None,
-                 progress: bool = False, return_latents: bool = False):
+                 progress: bool = False, return_latents: bool = False, unipc_order: int = 2,
+                 unipc_variant: str = "bh2"):
         rng = np.random.RandomState(seed) if rng is None else rng
         c, uc = self.encode_text([prompt]), self.encode_text([negative_prompt])
         camera = None if single_view else get_camera(num_frames, elevation, azimuth_start, azimuth_span).to(self.device)
@@ -80,6 +81,7 @@ class MVDreamPipeline:
         shape = (num_frames, self.latent_channels, height // f, width // f)
         x_T = torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(self.device)
         latents = samplers.sample(sampler, eps_fn, x_T, self.alphas_cumprod, steps, eta=eta, rng=rng,
-                                  karras=karras, progress=progress, clip_x0=self.clip_x0)
+                                  karras=karras, progress=progress, clip_x0=self.clip_x0, order=unipc_order,
+                                  variant=unipc_variant)
         images = self.decode(latents)
         return (images, latents) if return_latents else images

@@ -2,7 +2,9 @@
 
 DDIM follows LDM's DDIMSampler.make_schedule / p_sample_ddim (torch float32 buffers, torch.full
 coefficients); DPM-Solver++ 2M follows diffusers' DPMSolverMultistepScheduler (float32 sigma
-table, torch scalar math). Same eps_fn / rng interface as the MindSpore samplers.
+table, torch scalar math); UniPC follows diffusers' UniPCMultistepScheduler.step (x0 from torch
+scalar math, the UniP/UniC coefficients from neutral/mvdream/samplers.py). Same eps_fn / rng
+interface as the MindSpore samplers.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from neutral.mvdream.samplers import check_sampler, ddim_timesteps
+from neutral.mvdream.samplers import check_sampler, check_unipc, ddim_timesteps, unipc_orders, unipc_update
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -120,11 +122,50 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 20, karras:
     return x
 
 
+def _unipc_update(c, x, model_outputs, this_model_output=None):
+    """diffusers' x_t_ - alpha_t B_h (sum_k rho_k D1_k [+ rho_c D1_t]) with the coefficients folded in."""
+    m0 = model_outputs[-1]
+    x_t = c.c_x * x + c.c_m0 * m0
+    for k, ck in enumerate(c.c_d, start=1):
+        x_t = x_t + ck * (model_outputs[-(k + 1)] - m0)
+    if this_model_output is not None:
+        x_t = x_t + c.c_new * (this_model_output - m0)
+    return x_t
+
+
+@torch.no_grad()
+def sample_unipc(eps_fn: EpsFn, x_T, alphas_cumprod, steps: int = 20, order: int = 2, variant: str = "bh2",
+                 karras: bool = False, progress: bool = False, callback=None, clip_x0: Optional[float] = None):
+    check_unipc(order, variant)
+    timesteps, sigmas = dpmpp_schedule(alphas_cumprod, steps, karras)
+    sigmas_np = sigmas.numpy()
+    orders = unipc_orders(len(timesteps), order)
+    sample, last_sample, model_outputs = x_T, None, []
+    for i in tqdm(range(len(timesteps)), desc="UniPC", disable=not progress):
+        eps = eps_fn(sample, int(timesteps[i]))
+        alpha_t, sigma_t = _alpha_sigma(sigmas[i])
+        x0_pred = (sample - sigma_t * eps) / alpha_t  # convert_model_output
+        if clip_x0 is not None:
+            x0_pred = x0_pred.clamp(-clip_x0, clip_x0)
+        if i > 0:  # multistep_uni_c_bh_update with the order of the previous predictor
+            c = unipc_update(sigmas_np, i - 1, orders[i - 1], variant, corrector=True)
+            sample = _unipc_update(c, last_sample, model_outputs, x0_pred)
+        model_outputs = (model_outputs + [x0_pred])[-order:]
+        last_sample = sample
+        sample = _unipc_update(unipc_update(sigmas_np, i, orders[i], variant), sample, model_outputs)
+        if callback is not None:
+            callback(i, sample)
+    return sample
+
+
 def sample(name: str, eps_fn: EpsFn, x_T, alphas_cumprod, steps: int, eta: float = 0.0, rng=None,
-           karras: bool = False, progress: bool = False, callback=None, clip_x0: Optional[float] = None):
+           karras: bool = False, progress: bool = False, callback=None, clip_x0: Optional[float] = None,
+           order: int = 2, variant: str = "bh2"):
     check_sampler(name, eta)
     if name == "ddim":
         return sample_ddim(eps_fn, x_T, alphas_cumprod, steps, eta, rng, progress, callback, clip_x0)
+    if name == "unipc":
+        return sample_unipc(eps_fn, x_T, alphas_cumprod, steps, order, variant, karras, progress, callback, clip_x0)
     return sample_dpmpp_2m(eps_fn, x_T, alphas_cumprod, steps, karras, progress, callback, clip_x0)
 
 
