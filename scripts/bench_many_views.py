@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from neutral.mvdream.samplers import SAMPLERS  # noqa: E402  (no framework import)
+
 
 def rss_now_mb() -> float:
     import psutil
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", default=None)
     ap.add_argument("--size", type=int, default=64, help="image size (tiny VAE: latent = size / 2)")
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--sampler", default="dpmpp2m", choices=["ddim", "dpmpp2m"])
+    ap.add_argument("--sampler", default="dpmpp2m", choices=SAMPLERS)
     ap.add_argument("--window", type=int, default=3)
     ap.add_argument("--windows_per_call", type=int, default=1, help="windows batched per UNet call")
     ap.add_argument("--compare_full", action="store_true", help="also run full joint attention over N views")
