@@ -206,13 +206,14 @@ def _section(cfg: DictConfig, key: str) -> dict:
 
 
 def import_modules() -> None:
-    """Import mindspore_impl.lift3d and its subpackages, and multiview diffusion training (its system and data
-    module): modules register their types on import."""
+    """Import mindspore_impl.lift3d and its subpackages, multiview diffusion training (its system and data
+    module) and the transforms.json data module: modules register their types on import."""
     import importlib
 
     from mindspore_impl.lift3d.systems.base import import_lift3d_modules
     import_lift3d_modules()
-    for name in ("mindspore_impl.mvdream.diffusion_system", "mindspore_impl.mvdream.data"):
+    for name in ("mindspore_impl.mvdream.diffusion_system", "mindspore_impl.mvdream.data",
+                 "neutral.lift3d.transforms_dataset"):
         importlib.import_module(name)
 
 

@@ -130,6 +130,10 @@ class BaseSystem(ABC):
     def validation_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
         """Images to show for one validation view: name -> (H, W, 3 or 1) float in [0, 1]."""
 
+    def validation_metrics(self) -> dict[str, float]:
+        """Numbers of the validation just run (for example held-out PSNR); the trainer logs them."""
+        return {}
+
     @abstractmethod
     def test_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
         """One frame of the test orbit: name -> (H, W, 3 or 1) float in [0, 1] (joined side by side)."""

@@ -145,6 +145,9 @@ class Trainer:
         self.trial = trial
         if self.writer:
             clean_stale_files(self.trial.ckpt_dir, log=self.log)
+            # a data module that made its own inputs (generated views) keeps a copy in the trial
+            if hasattr(self.dm, "attach_trial"):
+                self.dm.attach_trial(trial)
 
     # ----- state
 
@@ -372,6 +375,9 @@ class Trainer:
         if views:
             self.last_preview = save_image(self.trial.save_path(f"it{self.global_step}-preview.png"), sheet(views))
             paths.append(self.last_preview)
+        values = self.system.validation_metrics()
+        if values:
+            self.trial.metrics.log(self.global_step, values)
         self._validated_at = self.global_step
         return paths
 

@@ -2,6 +2,8 @@
 
 The regularisers of MVDream-threestudio's MVDreamSystem.training_step (threestudio/systems/mvdream.py upstream):
 orient (normals must not face the camera), sparsity, opaque (binary entropy of the opacity) and z_variance (HiFA).
+The reconstruction losses (photometric MSE against a target composited on the render's background, mask BCE) are
+those of threestudio's image-conditioned systems (threestudio/systems/zero123.py upstream).
 Two deliberate differences from upstream, shared with the twin: the orient / z_variance denominators are clamped
 to >= 1 (upstream divides by zero, giving NaN, when no pixel qualifies), and the background augmentation enters
 as a colour and a 0/1 mask (one static graph).
@@ -64,12 +66,34 @@ def regularizer_losses(out: dict, active: dict) -> list:
     return [orient] + image_regularizers(out, active)
 
 
+def background_rgb(out: dict, bg_color, bg_mask):
+    """The background colour per pixel (B,H,W,3): bg_color (B,3) where bg_mask is 1, else the renderer's comp_rgb_bg."""
+    b = out["opacity"].shape[0]
+    return bg_mask * bg_color.reshape(b, 1, 1, -1) + (1.0 - bg_mask) * out["comp_rgb_bg"]
+
+
 def composite_background(out: dict, bg_color, bg_mask):
     """comp_rgb with the background replaced by bg_color (B,3) where bg_mask is 1 (random colour augmentation).
 
     With mask 0 it is exactly the renderer's comp_rgb; one graph serves both cases.
     """
-    b = out["opacity"].shape[0]
-    color = bg_color.reshape(b, 1, 1, -1)
-    bg = bg_mask * color + (1.0 - bg_mask) * out["comp_rgb_bg"]
-    return out["comp_rgb_fg"] + bg * (1.0 - out["opacity"])
+    return out["comp_rgb_fg"] + background_rgb(out, bg_color, bg_mask) * (1.0 - out["opacity"])
+
+
+def composite_target(rgb, alpha, background):
+    """A target image over the render's background: rgb * alpha + sg(background) * (1 - alpha) (straight alpha)."""
+    return rgb * alpha + ops.stop_gradient(background) * (1.0 - alpha)
+
+
+def photometric_loss(rgb, target):
+    """Mean squared error over pixels and channels."""
+    return ((rgb - target) ** 2).mean()
+
+
+MASK_EPS = 1.0e-5
+
+
+def mask_loss(opacity, alpha):
+    """Binary cross entropy of the clamped opacity against the target alpha."""
+    x = ops.clamp(opacity, MASK_EPS, 1.0 - MASK_EPS)
+    return -(alpha * ops.log(x) + (1.0 - alpha) * ops.log(1.0 - x)).mean()

@@ -1,9 +1,11 @@
 """PyTorch twin of mindspore_impl/lift3d/losses.py, written the way MVDream-threestudio's training_step computes
 the regularisers (threestudio/systems/mvdream.py upstream), with the same two deliberate differences: clamped
-denominators and the background augmentation as a colour and a 0/1 mask."""
+denominators and the background augmentation as a colour and a 0/1 mask. The reconstruction losses as
+threestudio's image-conditioned systems compute them (threestudio/systems/zero123.py upstream)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def orient_loss(weights, normal, t_dirs, opacity):
@@ -43,3 +45,22 @@ def composite_background(out: dict, bg_color, bg_mask):
     b = out["opacity"].shape[0]
     bg = bg_mask * bg_color.reshape(b, 1, 1, -1) + (1.0 - bg_mask) * out["comp_rgb_bg"]
     return out["comp_rgb_fg"] + bg * (1.0 - out["opacity"])
+
+
+def background_rgb(out: dict, bg_color, bg_mask):
+    b = out["opacity"].shape[0]
+    return bg_mask * bg_color.reshape(b, 1, 1, -1) + (1.0 - bg_mask) * out["comp_rgb_bg"]
+
+
+def composite_target(rgb, alpha, background):
+    return rgb * alpha + background.detach() * (1.0 - alpha)
+
+
+def photometric_loss(rgb, target):
+    """threestudio zero123 system: F.mse_loss(gt_rgb, comp_rgb)."""
+    return F.mse_loss(rgb, target)
+
+
+def mask_loss(opacity, alpha):
+    """threestudio zero123 system: F.binary_cross_entropy(opacity.clamp(1e-5, 1 - 1e-5), gt_mask)."""
+    return F.binary_cross_entropy(opacity.clamp(1.0e-5, 1.0 - 1.0e-5), alpha)

@@ -15,6 +15,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from neutral.errors import UserError
+
 PointFn = Callable[[np.ndarray], np.ndarray]
 FORMATS = ("obj", "ply", "glb")
 
@@ -52,6 +54,10 @@ def sample_density_grid(density_fn: PointFn, resolution: int, bbox_min, bbox_max
     return dens.reshape(resolution, resolution, resolution).astype(np.float32)
 
 
+class NoSurfaceError(UserError, ValueError):
+    """The field has no surface at the isosurface threshold (an untrained or empty field)."""
+
+
 def marching_cubes(grid: np.ndarray, threshold: float, bbox_min, bbox_max) -> tuple[np.ndarray, np.ndarray]:
     """Surface {density = threshold} of a (R, R, R) grid spanning the box -> (verts (V, 3), faces (F, 3)).
 
@@ -64,7 +70,8 @@ def marching_cubes(grid: np.ndarray, threshold: float, bbox_min, bbox_max) -> tu
         raise ValueError(f"density grid must be (R, R, R) with R >= 2, got {grid.shape}")
     lo, hi = float(np.nanmin(grid)), float(np.nanmax(grid))
     if not lo < threshold < hi:
-        raise ValueError(f"no surface at threshold {threshold}: density ranges over [{lo:.4g}, {hi:.4g}]")
+        raise NoSurfaceError(f"no surface at threshold {threshold}: density ranges over [{lo:.4g}, {hi:.4g}]; set "
+                             "system.geometry.isosurface_threshold inside that range, or train longer")
     bbox_min = np.asarray(bbox_min, np.float64)
     spacing = (np.asarray(bbox_max, np.float64) - bbox_min) / (np.asarray(grid.shape) - 1)
     verts, faces, _, _ = measure.marching_cubes(grid, level=threshold, spacing=tuple(spacing))
