@@ -176,12 +176,23 @@ def canonical_batch(size: int = VIEW_SIZE) -> Dict[str, np.ndarray]:
             "light_positions": cams["c2w"][:, :3, 3].astype(np.float32)}
 
 
+def prompt_keys(config) -> tuple:
+    """(prompt key, checkpoint key) of a config: the SDS system's, or the generated-views data module's
+    (configs/demo-views2nerf.yaml: generate, then reconstruct). `config` is a path or a loaded config."""
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(config) if isinstance(config, str) else config
+    if cfg.get("data_type") == "generated-views-datamodule":
+        return "data.prompt", "data.ckpt_path"
+    return "system.prompt_processor.prompt", "system.guidance.ckpt_path"
+
+
 def train_prompt(prompt: str, ckpt: str, steps: int, out: str, seed: int, config: str, mode: str,
                  overrides: Sequence[str] = ()):
     """launch.py --train in this process -> (trainer, seconds)."""
     import launch
+    prompt_key, ckpt_key = prompt_keys(config)
     argv = ["--config", config, "--train", "--mode", mode, "--seed", str(seed),
-            f"system.prompt_processor.prompt={prompt}", f"system.guidance.ckpt_path={ckpt}",
+            f"{prompt_key}={prompt}", f"{ckpt_key}={ckpt}",
             f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps, 1)}", f"exp_root_dir={out}"] + list(overrides)
     start = time.time()
     trainer = launch.main(argv)
@@ -241,7 +252,8 @@ def evaluate_trials(trials: Sequence[str], out: str, mode: str = "graph") -> lis
         parsed, last = os.path.join(trial, "configs", "parsed.yaml"), os.path.join(trial, "ckpts", "last.ckpt")
         if not (os.path.isfile(parsed) and os.path.isfile(last)):
             raise QualityCheckError(f"{trial} is not a finished trial folder (needs configs/parsed.yaml and ckpts/last.ckpt)")
-        prompt = str(OmegaConf.load(parsed).system.prompt_processor.prompt)
+        cfg = OmegaConf.load(parsed)
+        prompt = str(OmegaConf.select(cfg, prompt_keys(cfg)[0]))
         check_prompt(prompt)
         trainer = launch.main(["--config", parsed, "--export", "--mode", mode, f"resume={last}", f"exp_root_dir={out}"])
         row = evaluate(trainer, prompt)
