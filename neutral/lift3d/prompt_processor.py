@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from neutral.config import parse_structured
 from neutral.errors import UserError
+from neutral.files import write_atomically
 
 DEFAULT_NEGATIVE_PROMPT = (
     "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, "
@@ -104,15 +104,7 @@ class EmbeddingCache:
         return np.load(p) if os.path.isfile(p) else None
 
     def save(self, text: str, emb: np.ndarray) -> None:
-        os.makedirs(self.cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp_", suffix=".npy")
-        os.close(fd)
-        try:
-            np.save(tmp, np.asarray(emb, dtype=np.float32))
-            os.replace(tmp, self.path(text))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomically(self.path(text), lambda f: np.save(f, np.asarray(emb, dtype=np.float32)))
 
 
 # ---------------------------------------------------------------- view-dependent prompting

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from neutral.config import ConfigError, parse_structured
 from neutral.errors import UserError
+from neutral.files import write_atomically
 from neutral.lift3d.multiview_cameras import (get_ray_directions, get_rays, look_at_c2w,
                                               spherical_to_cartesian)
 from neutral.registry import register
@@ -301,17 +301,7 @@ def write_transforms(root: str, rgba: np.ndarray, c2w: np.ndarray, fovy_deg: Any
     meta = {"w": width, "h": height, "frames": frames}
     if not per_frame:
         meta = {"camera_angle_x": angles[0], **meta}
-    path = os.path.join(root, TRANSFORMS)
-    fd, tmp = tempfile.mkstemp(prefix=".transforms-", suffix=".json.tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomically(os.path.join(root, TRANSFORMS), lambda f: json.dump(meta, f, indent=2), binary=False)
 
 
 # ----------------------------------------------------------------------------- the data module

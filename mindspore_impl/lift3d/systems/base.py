@@ -24,6 +24,7 @@ import numpy as np
 from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
 from neutral import registry
 from neutral.config import ConfigError, parse_structured, to_container
+from neutral.schedule import parse_schedule
 
 MODULES_3D = ("geometry", "material", "background", "renderer")
 
@@ -43,6 +44,14 @@ class BaseLift3DSystemConfig(BaseSystemConfig):
     # mesh export (lift3d/export/mesh.py MeshExportConfig); threshold defaults to the geometry's
     exporter_type: str = "mesh-exporter"
     exporter: dict = field(default_factory=dict)
+
+
+def ever_nonzero(value: Any) -> bool:
+    """Whether a scheduled weight is non-zero at some step (only those losses are in the graph)."""
+    ramp = parse_schedule(value)
+    if ramp is None:
+        return float(value) != 0.0
+    return ramp[1] != 0.0 or ramp[2] != 0.0
 
 
 def import_lift3d_modules() -> None:
@@ -88,6 +97,21 @@ class BaseLift3DSystem(BaseSystem):
         exporter.setdefault("threshold", float(getattr(parsed["geometry"], "isosurface_threshold", 25.0)))
         parsed["exporter"] = parse_structured(MeshExportConfig, exporter, "system.exporter")
         return parsed
+
+    def check_losses(self, sub: dict, terms) -> dict:
+        """Parse system.loss (lambda_<term> for each of `terms`; unknown keys fail) into self.loss_weights;
+        returns {term: its weight is ever non-zero} (only those terms enter the graph)."""
+        loss = to_container(self.cfg.loss) or {}
+        allowed = [f"lambda_{t}" for t in terms]
+        unknown = sorted(set(loss) - set(allowed))
+        if unknown:
+            raise ConfigError(f"bad config for system.loss: unknown keys {unknown}. Allowed keys: {', '.join(allowed)}")
+        self.loss_weights = {t: loss.get(f"lambda_{t}", 0.0) for t in terms}
+        active = {t: ever_nonzero(self.loss_weights[t]) for t in terms}
+        if active.get("orient") and getattr(sub["geometry"], "normal_type", None) is None:
+            raise ConfigError("system.loss.lambda_orient > 0 needs normals: set system.geometry.normal_type "
+                              "(analytic, finite_difference or finite_difference_laplacian)")
+        return active
 
     def build_3d(self, classes: dict[str, type], sub: dict[str, Any]) -> None:
         """Geometry, material, background and renderer (which holds the other three)."""

@@ -36,7 +36,6 @@ from neutral import registry
 from neutral.config import ConfigError, to_container
 from neutral.lift3d.multiview_diffusion_guidance import GuidanceError
 from neutral.lift3d.prompt_processor import PromptError, check_prompt
-from neutral.schedule import parse_schedule
 
 # loss terms in the order of the loss-weight tensor and of the aux output
 LOSS_TERMS = ("sds",) + REGULARIZERS
@@ -92,14 +91,6 @@ def split_maps(maps) -> dict:
 # ----------------------------------------------------------------------------- config helpers
 
 
-def ever_nonzero(value: Any) -> bool:
-    """Whether a scheduled weight is non-zero at some step (only those losses are in the graph)."""
-    ramp = parse_schedule(value)
-    if ramp is None:
-        return float(value) != 0.0
-    return ramp[1] != 0.0 or ramp[2] != 0.0
-
-
 # ----------------------------------------------------------------------------- the system
 
 
@@ -113,7 +104,7 @@ class MVDreamSystem(BaseLift3DSystem):
         cfg = self.cfg
         classes = self.find_classes(("prompt_processor", "guidance"))
         sub = self.parse_sub_configs(classes, raw=self._linked_configs())
-        self.loss_active = self._check_losses(sub)
+        self.loss_active = self.check_losses(sub, LOSS_TERMS)
         self._check_amp()
         try:
             check_prompt(getattr(sub["prompt_processor"], "prompt", None))
@@ -154,19 +145,6 @@ class MVDreamSystem(BaseLift3DSystem):
         if self.cfg.amp_level == "O2" and self.cfg.amp_dtype == "float16":
             raw["guidance"] = {**(to_container(self.cfg.guidance) or {}), "half_precision_weights": True}
         return raw
-
-    def _check_losses(self, sub: dict) -> dict:
-        loss = to_container(self.cfg.loss) or {}
-        allowed = [f"lambda_{t}" for t in LOSS_TERMS]
-        unknown = sorted(set(loss) - set(allowed))
-        if unknown:
-            raise ConfigError(f"bad config for system.loss: unknown keys {unknown}. Allowed keys: {', '.join(allowed)}")
-        self.loss_weights = {t: loss.get(f"lambda_{t}", 0.0) for t in LOSS_TERMS}
-        active = {t: ever_nonzero(self.loss_weights[t]) for t in LOSS_TERMS}
-        if active["orient"] and getattr(sub["geometry"], "normal_type", None) is None:
-            raise ConfigError("system.loss.lambda_orient > 0 needs normals: set system.geometry.normal_type "
-                              "(analytic, finite_difference or finite_difference_laplacian)")
-        return active
 
     def _check_amp(self) -> None:
         """amp_level, amp_dtype and the guidance's half precision, before any model is built: known values, no

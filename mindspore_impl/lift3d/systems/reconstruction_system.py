@@ -29,9 +29,8 @@ from mindspore_impl.lift3d.losses import (REGULARIZERS, background_rgb, composit
                                           mask_loss, photometric_loss, regularizer_losses)
 from mindspore_impl.lift3d.renderers.ray_sampling import ray_box_intersect, stratified_t
 from mindspore_impl.lift3d.systems.base import BaseLift3DSystem, BaseLift3DSystemConfig
-from mindspore_impl.lift3d.systems.mvdream_system import ever_nonzero
 from neutral import registry
-from neutral.config import ConfigError, to_container
+from neutral.config import ConfigError
 from neutral.lift3d.nerf_volume_renderer import IMAGE_KEYS
 
 # loss terms in the order of the loss-weight tensor and of the aux output
@@ -65,7 +64,7 @@ class ReconstructionSystem(BaseLift3DSystem):
     def configure(self) -> None:
         classes = self.find_classes()
         sub = self.parse_sub_configs(classes)
-        self.loss_active = self._check_losses(sub)
+        self.loss_active = self.check_losses(sub, LOSS_TERMS)
         if sub["renderer"].compaction_buckets and sub["renderer"].num_importance_samples:
             raise ConfigError("system.renderer.compaction_buckets: multiview-reconstruction-system skips empty space "
                               "only without importance samples; set num_importance_samples=0 or compaction_buckets=[]")
@@ -75,19 +74,6 @@ class ReconstructionSystem(BaseLift3DSystem):
         self._steps: dict = {}
         self._overflow_reported = False
         self.val_psnrs: list[float] = []  # per view of the latest validation
-
-    def _check_losses(self, sub: dict) -> dict:
-        loss = to_container(self.cfg.loss) or {}
-        allowed = [f"lambda_{t}" for t in LOSS_TERMS]
-        unknown = sorted(set(loss) - set(allowed))
-        if unknown:
-            raise ConfigError(f"bad config for system.loss: unknown keys {unknown}. Allowed keys: {', '.join(allowed)}")
-        self.loss_weights = {t: loss.get(f"lambda_{t}", 0.0) for t in LOSS_TERMS}
-        active = {t: ever_nonzero(self.loss_weights[t]) for t in LOSS_TERMS}
-        if active["orient"] and getattr(sub["geometry"], "normal_type", None) is None:
-            raise ConfigError("system.loss.lambda_orient > 0 needs normals: set system.geometry.normal_type "
-                              "(analytic, finite_difference or finite_difference_laplacian)")
-        return active
 
     # ----- per-step host work
 

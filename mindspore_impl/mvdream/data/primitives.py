@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from neutral.errors import UserError
+from neutral.files import write_atomically
 from neutral.lift3d.multiview_cameras import (
     get_mvp_matrix,
     get_projection_matrix,
@@ -425,18 +425,7 @@ REQUIRED = {  # key -> number of dimensions
 def save_dataset(data: Dict[str, np.ndarray], path: str) -> str:
     """Write a compressed .npz atomically (temp file in the same folder, then rename). Returns the path."""
     _validate(data, path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".primitives-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomically(path, lambda f: np.savez_compressed(f, **data))
 
 
 def load_dataset(path: str) -> Dict[str, np.ndarray]:
