@@ -427,6 +427,7 @@ def main(argv: Optional[list[str]] = None):
         roots.append(trainer.trial.root)
         del trainer
         gc.collect()  # free this prompt's models before the next prompt builds its own
+        device.release_graph_caches()
     return roots
 
 

@@ -10,9 +10,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mindspore as ms  # noqa: E402
-from mindspore.common.api import _pynative_executor  # noqa: E402
 import torch  # noqa: E402
 
+from mindspore_impl.core.device import release_graph_caches  # noqa: E402
 from tests import parity  # noqa: E402
 
 torch.set_num_threads(2)
@@ -48,7 +48,7 @@ def _pynative_mode():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     yield
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    _pynative_executor.clear_res()
+    release_graph_caches()
 
 
 @pytest.fixture(autouse=True)

@@ -131,3 +131,12 @@ def check_precision(dtype: str, device: str | None = None, setting: str | None =
         raise PrecisionError(f"{what}: bfloat16 does not run on this Ascend chip ({soc}; it needs Atlas A2 "
                              f"or later); use {instead}")
     return name
+
+
+def release_graph_caches() -> None:
+    """Drop the PyNative executor's cached grad graphs. MindSpore 2.7 keys them by Python object ids, so a new
+    system built in the same process (the next prompt of `launch.py --prompts`) can meet a freed object's
+    stale graph at a reused id ("For LayerNormGrad, the index 7 is out of range"). tests/conftest.py calls it
+    after every test for the same reason."""
+    from mindspore.common.api import _pynative_executor
+    _pynative_executor.clear_res()
