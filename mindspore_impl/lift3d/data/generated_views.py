@@ -130,12 +130,14 @@ class GeneratedViewsDataModule(TransformsDataModule):
             images = np.concatenate([images, np.round(alpha * 255.0).astype(np.uint8)[..., None]], axis=-1)
         tmp = f"{root}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        write_transforms(tmp, images, cams["c2w"], cfg.fovy_deg)
-        with open(os.path.join(tmp, "generation.json"), "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2)
-        shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-        os.replace(tmp, root)
+        try:  # the cache holds complete folders only: a failed write leaves nothing behind
+            write_transforms(tmp, images, cams["c2w"], cfg.fovy_deg)
+            with open(os.path.join(tmp, "generation.json"), "w", encoding="utf-8") as f:
+                json.dump(settings, f, indent=2)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         print(f"generated views: {n} views in {time.time() - start:.1f} s -> {root}", flush=True)
 
     def attach_trial(self, trial) -> None:
