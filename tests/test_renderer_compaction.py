@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from mindspore_impl.lift3d.renderers.ray_sampling import compact_slots, scatter_back
+from mindspore_impl.rendering.ray_sampling import compact_slots, scatter_back
 from tests.parity import assert_parity, fresh_steps, in_fresh_interpreter, to_numpy, to_torch
 from tests.parity_cases import IMAGE_KEYS, STEP, build_ms_system, make_rays, texture_field, tiny_config, trained_state
 from tests.parity_cases import renderer_pair as build
 from tests.test_system_step_parity import tiny  # noqa: F401  (a fixture)
-from torch_ref.lift3d.renderers.ray_sampling import compact_slots as pt_compact_slots
+from torch_ref.rendering.ray_sampling import compact_slots as pt_compact_slots
 
 
 @pytest.mark.parametrize("bucket", [64, 37, 10])

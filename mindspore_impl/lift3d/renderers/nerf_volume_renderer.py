@@ -16,7 +16,7 @@ from mindspore import Tensor, nn, ops
 
 from neutral.registry import register
 from mindspore_impl.lift3d.renderers.occupancy_grid import OccupancyGrid
-from mindspore_impl.lift3d.renderers.ray_sampling import (_arange, compact_slots, composite_weights, merged_intervals,
+from mindspore_impl.rendering.ray_sampling import (_arange, compact_slots, composite_weights, merged_intervals,
                                                           normalize, ray_box_intersect, sample_pdf, scatter_back,
                                                           sort_samples, stratified_t, uniform_intervals)
 from neutral.lift3d.nerf_volume_renderer import IMAGE_KEYS, Config, SubModules, parse_renderer_config

@@ -27,7 +27,7 @@ from mindspore import ops
 
 from mindspore_impl.lift3d.losses import (REGULARIZERS, background_rgb, composite_background, composite_target,
                                           mask_loss, photometric_loss, regularizer_losses)
-from mindspore_impl.lift3d.renderers.ray_sampling import ray_box_intersect, stratified_t
+from mindspore_impl.rendering.ray_sampling import ray_box_intersect, stratified_t
 from mindspore_impl.lift3d.systems.base import BaseLift3DSystem, BaseLift3DSystemConfig
 from neutral import registry
 from neutral.config import ConfigError

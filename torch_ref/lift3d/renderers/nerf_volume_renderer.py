@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from neutral.lift3d.nerf_volume_renderer import IMAGE_KEYS, Config, SubModules, parse_renderer_config
 from torch_ref.lift3d.renderers.occupancy_grid import OccupancyGrid
-from torch_ref.lift3d.renderers.ray_sampling import (compact_slots, composite_weights, merged_intervals, normalize,
+from torch_ref.rendering.ray_sampling import (compact_slots, composite_weights, merged_intervals, normalize,
                                                      ray_box_intersect, sample_pdf, scatter_back, stratified_t,
                                                      uniform_intervals)
 

@@ -1,0 +1,1 @@
+"""Volume-rendering math shared by lift3d and genvs (PyTorch reference)."""
