@@ -44,6 +44,10 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+# MindSpore's own log (a graph compiled for a new compaction bucket, graph-pass notes) is for developers; a user
+# reads this project's lines. Set before MindSpore is imported; GLOG_v=2 (warnings) or 1 (info) brings it back.
+os.environ.setdefault("GLOG_v", "3")
+
 from neutral.errors import UserError, run_cli
 
 DEVICES = ("CPU", "Ascend", "GPU")
@@ -213,7 +217,7 @@ def import_modules() -> None:
     from mindspore_impl.lift3d.systems.base import import_lift3d_modules
     import_lift3d_modules()
     for name in ("mindspore_impl.mvdream.diffusion_system", "mindspore_impl.mvdream.data",
-                 "neutral.lift3d.transforms_dataset"):
+                 "neutral.lift3d.transforms_dataset", "neutral.genvs.srn_dataset"):
         importlib.import_module(name)
 
 

@@ -329,3 +329,17 @@ def test_checkpoint_files_atomic_pairs_and_pruning(tmp_path):
     with pytest.raises(CheckpointError, match="step000006.ckpt has no step000006.json beside it"):
         load_training_state(os.path.join(d, "step000006.ckpt"))
     assert not [f for f in os.listdir(d) if f.startswith(".tmp_")]
+
+
+@pytest.mark.parametrize("env, level", [(None, "3"), ("2", "2")])
+def test_mindspore_log_is_errors_only_unless_asked(env, level):
+    """launch.py sets MindSpore's log to errors before importing it (its recompile warnings are not for users);
+    GLOG_v in the environment wins."""
+    code = "import launch, mindspore; from mindspore import log; print(log.get_level())"
+    environ = {k: v for k, v in os.environ.items() if k != "GLOG_v"}
+    if env is not None:
+        environ["GLOG_v"] = env
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == level

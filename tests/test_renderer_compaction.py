@@ -127,3 +127,32 @@ def test_deferred_step_overflow_takes_the_next_bucket(tiny, capsys):
     assert_parity(np.float32(compact["loss"]), np.float32(dense["loss"]), "loss, compacted vs dense", rel=1e-5)
     for name, value in results["dense"][1].items():
         assert_parity(results["compacted"][1][name], value, f"updated {name}, compacted vs dense")
+
+
+def test_chunked_eval_render_with_buckets_equals_dense():
+    """render_chunked (validation, test orbit) with compaction_buckets: every chunk in the smallest bucket that held
+    the previous one, an overflowing chunk rendered again in the bucket that holds it; the images equal the dense
+    chunked render, with importance samples and normals."""
+    cfg = {"num_samples_per_ray": 12, "num_importance_samples": 12, "occ_update_interval": 1,
+           "return_comp_normal": True, "compaction_buckets": [0.125, 0.25, 0.5, 1.0]}
+    _, ms_r = build(cfg, normal_type="finite_difference", material="diffuse", seed=1)
+    for step in (0, 1, 2):
+        ms_r.update_step(step, np.random.default_rng(100 + step))
+    o, d, light = (Tensor(x) for x in make_rays(2, 8, 8, seed=2))
+    used = []
+    render_chunk = ms_r.render_ray_chunk
+
+    def recording(*args, **kwargs):
+        used.append(tuple(args[8]) if len(args) > 8 else kwargs["bucket"])
+        return render_chunk(*args, **kwargs)
+
+    ms_r.render_ray_chunk = recording
+    compact = ms_r.render_chunked(o, d, light, chunk_size=32)
+    ms_r.cfg.compaction_buckets = []
+    dense = ms_r.render_chunked(o, d, light, chunk_size=32)
+    print("buckets used per try:", used)
+    assert (0, 0) not in used[:-4] and used[-4:] == [(0, 0)] * 4  # 4 chunks of 32 rays; the dense pass last
+    assert len(used) > 8 and len(set(used[:-4])) > 1, "the test needs an overflow that takes a larger bucket"
+    assert min(b[0] for b in used[:-4]) < 32 * 24, "the test needs a bucket smaller than dense"
+    for key in ("comp_rgb", "opacity", "depth", "comp_normal"):
+        assert_parity(compact[key].asnumpy(), dense[key].asnumpy(), f"chunked compacted vs dense {key}", rel=1e-5)

@@ -36,6 +36,7 @@ class NeRFVolumeRenderer(nn.Cell):
         self.radius = float(self.cfg.radius)
         self.randomized = self.cfg.randomized
         self.grid_prune = self.cfg.grid_prune
+        self._eval_bucket_index = 0  # render_chunked: the compaction bucket that held the last chunk (host state)
 
     @property
     def geometry(self):
@@ -211,7 +212,11 @@ class NeRFVolumeRenderer(nn.Cell):
     def render_chunked(self, rays_o, rays_d, light_positions, jitter=None, bg_aug_color=None, shading="diffuse",
                        ambient_color=None, diffuse_color=None, chunk_size: Optional[int] = None):
         """Same image outputs as construct, rendered in fixed-size ray chunks (the last one padded), so a 512x512
-        eval image reuses one compiled chunk shape. Host-side loop; no gradients."""
+        eval image reuses one compiled chunk shape. Host-side loop; no gradients.
+
+        With compaction_buckets each chunk evaluates the field only on its occupied samples, in the smallest
+        bucket that held the previous chunk's; a chunk that overflows it is rendered again with the bucket
+        that holds it, so the images equal the dense render."""
         chunk = int(chunk_size or self.cfg.eval_chunk_size)
         b, h, w, _ = rays_o.shape
         n_rays = b * h * w
@@ -226,14 +231,26 @@ class NeRFVolumeRenderer(nn.Cell):
 
         o, d, lp = padded(rays_o.reshape(n_rays, 3)), padded(rays_d.reshape(n_rays, 3)), padded(light)
         jit = None if flat_jitter is None else padded(flat_jitter)
+        fractions = [float(f) for f in self.cfg.compaction_buckets]
+        index = min(self._eval_bucket_index, max(len(fractions) - 1, 0))
         pieces = {}
         for s in range(0, n_rays + pad, chunk):
-            out = self.render_ray_chunk(o[s:s + chunk], d[s:s + chunk], lp[s:s + chunk],
-                                        None if jit is None else jit[s:s + chunk], bg_aug_color, shading,
-                                        ambient_color, diffuse_color)
+            while True:
+                bucket = self.bucket_sizes(chunk, fractions[index]) if fractions else (0, 0)
+                out = self.render_ray_chunk(o[s:s + chunk], d[s:s + chunk], lp[s:s + chunk],
+                                            None if jit is None else jit[s:s + chunk], bg_aug_color, shading,
+                                            ambient_color, diffuse_color, bucket)
+                if not fractions:
+                    break
+                occupied = out["occupied"].asnumpy()
+                if np.all(occupied <= np.asarray(bucket)):
+                    break
+                index = next(i for i in range(index + 1, len(fractions))
+                             if np.all(occupied <= np.asarray(self.bucket_sizes(chunk, fractions[i]))))
             for key in IMAGE_KEYS:
                 if key in out:
                     pieces.setdefault(key, []).append(ops.stop_gradient(out[key]))
+        self._eval_bucket_index = index  # the next view (an orbit renders one view per call) starts there
         return {key: ops.concat(v, 0)[:n_rays].reshape(b, h, w, -1) for key, v in pieces.items()}
 
     # ---------------------------------------------------------------- occupancy grid
