@@ -28,7 +28,9 @@ _MIN_NEAR = 1e-4    # a camera inside the plane radius: planes start just in fro
 
 class ProjectedFeatureField(nn.Cell):
     """construct(points (B, P, 3), c2w (B, N, 4, 4), intrinsics (B, N, 4) [fx, fy, cx, cy] in pixels of the
-    volume, volumes (B, N, C, D, H, W)) -> sigma (B, P), features (B, P, out_features)."""
+    volume, volumes (B, N, C, D, H, W), view_mask (B, N) or None) -> sigma (B, P), features (B, P, out_features).
+    view_mask: 1 for the source slots in use, 0 for padding slots (they get no weight in the mean over views;
+    None: all views count)."""
 
     def __init__(self, cfg=None):
         super().__init__()
@@ -82,6 +84,12 @@ class ProjectedFeatureField(nn.Cell):
                 x = ops.softplus(x)
         return x
 
-    def construct(self, points, c2w, intrinsics, volumes):
-        raw = self.mlp(self.sample_features(points, c2w, intrinsics, volumes)).mean(axis=1)  # over source views
+    def construct(self, points, c2w, intrinsics, volumes, view_mask=None):
+        raw = self.mlp(self.sample_features(points, c2w, intrinsics, volumes))  # (B, N, P, 1 + F)
+        if view_mask is None:
+            raw = raw.mean(axis=1)  # over source views
+        else:
+            # a static number of slots with a varying number of real views: the mean over the valid ones
+            m = view_mask.astype(raw.dtype).reshape(view_mask.shape + (1, 1))
+            raw = (raw * m).sum(axis=1) / ops.clamp(m.sum(axis=1), min=1.0)
         return ops.softplus(raw[..., 0]), ops.sigmoid(raw[..., 1:])

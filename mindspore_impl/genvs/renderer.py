@@ -35,9 +35,9 @@ def upsample_nearest2x(x):
 
 class FeatureRenderer(nn.Cell):
     """construct(rays_o, rays_d (B, R, 3), c2w (B, N, 4, 4), intrinsics (B, N, 4), volumes (B, N, C, D, H, W),
-    u (B, R, n_samples + n_importance) in [0, 1) or None) -> {"features": (B, R, F), "opacity": (B, R, 1),
-    "depth": (B, R, 1)}. rays_d should be unit vectors (t is then a distance). The field is a child cell
-    (parameters field.*)."""
+    u (B, R, n_samples + n_importance) in [0, 1) or None, view_mask (B, N) or None: the field's) ->
+    {"features": (B, R, F), "opacity": (B, R, 1), "depth": (B, R, 1)}. rays_d should be unit vectors (t is then a
+    distance). The field is a child cell (parameters field.*)."""
 
     def __init__(self, cfg, field):
         super().__init__()
@@ -68,13 +68,13 @@ class FeatureRenderer(nn.Cell):
             return u_c, u_i
         return u[:, :sc], (_arange(si, ref.dtype) + u[:, sc:]) / si
 
-    def _field(self, pts, b: int, c2w, intrinsics, volumes):
+    def _field(self, pts, b: int, c2w, intrinsics, volumes, view_mask=None):
         """Flat per-ray samples (B*R, S, 3) -> sigma (B*R, S), features (B*R, S, F)."""
         n_rays, s, _ = pts.shape
-        sigma, feat = self.field(pts.reshape(b, -1, 3), c2w, intrinsics, volumes)
+        sigma, feat = self.field(pts.reshape(b, -1, 3), c2w, intrinsics, volumes, view_mask)
         return sigma.reshape(n_rays, s), feat.reshape(n_rays, s, -1)
 
-    def construct(self, rays_o, rays_d, c2w, intrinsics, volumes, u=None):
+    def construct(self, rays_o, rays_d, c2w, intrinsics, volumes, u=None, view_mask=None):
         b, r, _ = rays_o.shape
         n_rays = b * r
         o, d = rays_o.reshape(n_rays, 3), rays_d.reshape(n_rays, 3)
@@ -87,12 +87,12 @@ class FeatureRenderer(nn.Cell):
             t = t_c
             starts, ends = uniform_intervals(near, step, self.n_coarse)
         else:
-            sigma_c, _ = self._field(o3 + d3 * ops.expand_dims(t_c, 2), b, c2w, intrinsics, volumes)
+            sigma_c, _ = self._field(o3 + d3 * ops.expand_dims(t_c, 2), b, c2w, intrinsics, volumes, view_mask)
             w_c = composite_weights(ops.stop_gradient(sigma_c), ops.broadcast_to(step, t_c.shape))
             t_i = sample_pdf(near, step, w_c, u_i)
             t = ops.stop_gradient(sort_samples(ops.concat([t_c, t_i], -1)))
             starts, ends = merged_intervals(t, near, far)
-        sigma, feat = self._field(o3 + d3 * ops.expand_dims(t, 2), b, c2w, intrinsics, volumes)
+        sigma, feat = self._field(o3 + d3 * ops.expand_dims(t, 2), b, c2w, intrinsics, volumes, view_mask)
         weights = composite_weights(sigma, ends - starts)
         opacity = weights.sum(axis=-1, keepdims=True)
         depth = (weights * t).sum(axis=-1, keepdims=True)
@@ -118,12 +118,13 @@ def camera_rays(c2w, intrinsics, height: int, width: int):
 
 
 def render_image(renderer: FeatureRenderer, c2w, intrinsics, height: int, width: int, src_c2w, src_intrinsics,
-                 volumes, u=None):
+                 volumes, u=None, view_mask=None):
     """Render target cameras c2w (B, 4, 4), intrinsics (B, 4) at height x width from the source views ->
     features (B, F, H, W), opacity (B, 1, H, W), depth (B, 1, H, W) (channel-first, as upstream's
-    render_multi_view). u: (B, H*W, renderer.n_uniforms) or None."""
+    render_multi_view). u: (B, H*W, renderer.n_uniforms) or None; view_mask (B, N) or None: the source slots in
+    use (ProjectedFeatureField)."""
     rays_o, rays_d = camera_rays(c2w, intrinsics, height, width)
-    out = renderer(rays_o, rays_d, src_c2w, src_intrinsics, volumes, u)
+    out = renderer(rays_o, rays_d, src_c2w, src_intrinsics, volumes, u, view_mask)
     b = c2w.shape[0]
 
     def image(x):

@@ -22,7 +22,8 @@ _MIN_NEAR = 1e-4
 
 class ProjectedFeatureField(nn.Module):
     """forward(points (B, P, 3), c2w (B, N, 4, 4), intrinsics (B, N, 4) [fx, fy, cx, cy] in pixels of the
-    volume, volumes (B, N, C, D, H, W)) -> sigma (B, P), features (B, P, out_features)."""
+    volume, volumes (B, N, C, D, H, W), view_mask (B, N) or None: 1 for the slots in use) -> sigma (B, P),
+    features (B, P, out_features)."""
 
     def __init__(self, cfg=None):
         super().__init__()
@@ -74,6 +75,12 @@ class ProjectedFeatureField(nn.Module):
                 x = F.softplus(x)
         return x
 
-    def forward(self, points, c2w, intrinsics, volumes):
-        raw = self.mlp(self.sample_features(points, c2w, intrinsics, volumes)).mean(dim=1)  # over source views
+    def forward(self, points, c2w, intrinsics, volumes, view_mask=None):
+        raw = self.mlp(self.sample_features(points, c2w, intrinsics, volumes))  # (B, N, P, 1 + F)
+        if view_mask is None:
+            raw = raw.mean(dim=1)  # over source views
+        else:
+            # upstream passes only the views in use (triplanes[:, :nv]); here the unused slots weigh 0
+            m = view_mask.to(raw.dtype)[..., None, None]
+            raw = (raw * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
         return F.softplus(raw[..., 0]), torch.sigmoid(raw[..., 1:])

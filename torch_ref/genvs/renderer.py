@@ -24,8 +24,8 @@ def upsample_nearest2x(x):
 
 class FeatureRenderer(nn.Module):
     """forward(rays_o, rays_d (B, R, 3), c2w (B, N, 4, 4), intrinsics (B, N, 4), volumes (B, N, C, D, H, W),
-    u (B, R, n_samples + n_importance) in [0, 1) or None) -> {"features": (B, R, F), "opacity": (B, R, 1),
-    "depth": (B, R, 1)}."""
+    u (B, R, n_samples + n_importance) in [0, 1) or None, view_mask (B, N) or None) -> {"features": (B, R, F),
+    "opacity": (B, R, 1), "depth": (B, R, 1)}."""
 
     def __init__(self, cfg, field):
         super().__init__()
@@ -51,12 +51,12 @@ class FeatureRenderer(nn.Module):
             return ref.new_full((n_rays, sc), 0.5), ((k + 0.5) / si).expand(n_rays, si)
         return u[:, :sc], (k + u[:, sc:]) / si
 
-    def _field(self, pts, b: int, c2w, intrinsics, volumes):
+    def _field(self, pts, b: int, c2w, intrinsics, volumes, view_mask=None):
         n_rays, s, _ = pts.shape
-        sigma, feat = self.field(pts.reshape(b, -1, 3), c2w, intrinsics, volumes)
+        sigma, feat = self.field(pts.reshape(b, -1, 3), c2w, intrinsics, volumes, view_mask)
         return sigma.reshape(n_rays, s), feat.reshape(n_rays, s, -1)
 
-    def forward(self, rays_o, rays_d, c2w, intrinsics, volumes, u=None):
+    def forward(self, rays_o, rays_d, c2w, intrinsics, volumes, u=None, view_mask=None):
         b, r, _ = rays_o.shape
         n_rays = b * r
         o, d = rays_o.reshape(n_rays, 3), rays_d.reshape(n_rays, 3)
@@ -69,12 +69,13 @@ class FeatureRenderer(nn.Module):
             starts, ends = uniform_intervals(near, step, self.n_coarse)
         else:
             with torch.no_grad():  # upstream samples under no_grad as well
-                sigma_c, _ = self._field(o[:, None] + d[:, None] * t_c[..., None], b, c2w, intrinsics, volumes)
+                sigma_c, _ = self._field(o[:, None] + d[:, None] * t_c[..., None], b, c2w, intrinsics, volumes,
+                                         view_mask)
                 w_c = composite_weights(sigma_c, step.expand_as(t_c))
                 t_i = sample_pdf(near, step, w_c, u_i)
                 t = torch.sort(torch.cat([t_c, t_i], -1), dim=-1).values
             starts, ends = merged_intervals(t, near, far)
-        sigma, feat = self._field(o[:, None] + d[:, None] * t[..., None], b, c2w, intrinsics, volumes)
+        sigma, feat = self._field(o[:, None] + d[:, None] * t[..., None], b, c2w, intrinsics, volumes, view_mask)
         weights = composite_weights(sigma, ends - starts)
         opacity = weights.sum(-1, keepdim=True)
         depth = (weights * t).sum(-1, keepdim=True)
@@ -98,10 +99,10 @@ def camera_rays(c2w, intrinsics, height: int, width: int):
 
 
 def render_image(renderer: FeatureRenderer, c2w, intrinsics, height: int, width: int, src_c2w, src_intrinsics,
-                 volumes, u=None):
+                 volumes, u=None, view_mask=None):
     """-> features (B, F, H, W), opacity (B, 1, H, W), depth (B, 1, H, W)."""
     rays_o, rays_d = camera_rays(c2w, intrinsics, height, width)
-    out = renderer(rays_o, rays_d, src_c2w, src_intrinsics, volumes, u)
+    out = renderer(rays_o, rays_d, src_c2w, src_intrinsics, volumes, u, view_mask)
     b = c2w.shape[0]
 
     def image(x):

@@ -1,2 +1,3 @@
 from mindspore_impl.lift3d.renderers.nerf_volume_renderer import NeRFVolumeRenderer  # noqa: F401
 from mindspore_impl.lift3d.renderers.occupancy_grid import OccupancyGrid  # noqa: F401
+from mindspore_impl.lift3d.renderers.papr_renderer import PAPRRenderer  # noqa: F401
