@@ -21,6 +21,7 @@ import mindspore as ms
 import numpy as np
 
 from neutral.errors import MissingFileError, UserError
+from mindspore_impl.core.parameters import write_parameter
 
 
 class CheckpointError(UserError, ValueError):
@@ -117,7 +118,7 @@ def load_state_dict(cell: ms.nn.Cell, state: Mapping[str, np.ndarray], prefix: s
             arr = np.asarray(sub[name])
             if tuple(arr.shape) != tuple(p.shape):
                 raise CheckpointError(f"{what}: shape mismatch for {name}: {arr.shape} vs {tuple(p.shape)}")
-            p.set_data(ms.Tensor(arr, dtype=p.dtype))
+            write_parameter(p, arr)
             loaded.append(name)
     return loaded
 

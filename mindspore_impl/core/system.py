@@ -38,6 +38,7 @@ from mindspore import nn
 from mindspore_impl.core import distributed
 from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict
 from mindspore_impl.core.optim import TorchAdam, build_optimizer, unique_params
+from mindspore_impl.core.parameters import write_parameter
 from mindspore_impl.core.train_step import make_train_step
 from neutral.config import ConfigError, parse_structured, to_container
 from neutral.schedule import C as schedule_value
@@ -273,7 +274,7 @@ class BaseSystem(ABC):
         for table, values in ((params, model), (opt_params, optim)):
             for k, p in table.items():
                 if k in values:
-                    p.set_data(ms.Tensor(np.asarray(values[k]), dtype=p.dtype))
+                    write_parameter(p, values[k])
         self.rng.bit_generator.state = meta["rng"]
         self.global_step = int(meta.get("global_step", 0))
         self.load_extra_state(extra, meta.get("extra", {}))

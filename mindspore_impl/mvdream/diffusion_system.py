@@ -42,6 +42,7 @@ from mindspore_impl.mvdream.first_stage import latent_shape
 from mindspore_impl.mvdream.schedule import NoiseSchedule
 from mindspore_impl.mvdream.training import (EMA, MultiviewDiffusionLoss, arrays_of, model_parameters, step_inputs,
                                              training_forward)
+from mindspore_impl.core.parameters import write_parameter
 from neutral.config import ConfigError
 from neutral.mvdream.first_stage import downsample_of
 from neutral.mvdream.model_config import load_model_config
@@ -235,5 +236,5 @@ class MultiviewDiffusionSystem(BaseSystem):
             shadow = dict(zip(self.trainable_keys, self.ema.shadow))
             check_state_dict({k: tuple(p.shape) for k, p in shadow.items()}, ema, "checkpoint (EMA)")
             for k, p in shadow.items():
-                p.set_data(ms.Tensor(np.asarray(ema[k]), dtype=p.dtype))
+                write_parameter(p, ema[k])
         self.loss_smooth = meta.get("loss_smooth")

@@ -21,6 +21,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindspore_impl.core.checkpoint import check_state_dict
+from mindspore_impl.core.parameters import write_parameter
 from neutral.mvdream.training import FIRST_STAGE_PREFIX, STEP_INPUTS, TEXT_PREFIX, UNET_PREFIX
 
 
@@ -120,7 +121,7 @@ def load_named(params: dict[str, ms.Parameter], state: dict[str, np.ndarray], wh
     """Strict copy of `state` into `params` (same keys and shapes, else CheckpointError listing them)."""
     check_state_dict({k: tuple(p.shape) for k, p in params.items()}, state, what)
     for k, p in params.items():
-        p.set_data(ms.Tensor(np.asarray(state[k]), dtype=p.dtype))
+        write_parameter(p, state[k])
 
 
 def arrays_of(params: dict[str, ms.Parameter]) -> dict[str, np.ndarray]:

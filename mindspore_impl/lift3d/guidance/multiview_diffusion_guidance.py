@@ -36,6 +36,7 @@ from neutral.registry import register
 from neutral.lift3d.multiview_diffusion_guidance import (  # noqa: F401  (GuidanceError re-exported)
     Config, GuidanceError, GuidanceSchedule, check_checkpoint, check_config, sample_inputs)
 from mindspore_impl.mvdream.cameras import normalize_camera
+from mindspore_impl.core.parameters import write_parameter
 from mindspore_impl.mvdream.schedule import NoiseSchedule
 
 
@@ -163,7 +164,7 @@ class MultiviewDiffusionGuidance(nn.Cell):
         """Recompute min/max step (timestep annealing) and grad clip for `global_step`."""
         self.schedule.update(global_step)
         if self.use_grad_clip:
-            self.grad_clip_bound.set_data(ms.Tensor(self.schedule.grad_clip_val, ms.float32))
+            write_parameter(self.grad_clip_bound, np.float32(self.schedule.grad_clip_val))
 
     @property
     def grad_clip_val(self) -> Optional[float]:

@@ -13,6 +13,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from neutral.lift3d.occupancy_grid import grid_update_points
+from mindspore_impl.core.parameters import write_parameter
 
 
 class OccupancyGrid(nn.Cell):
@@ -46,5 +47,5 @@ class OccupancyGrid(nn.Cell):
         occ = ops.stop_gradient(density_fn(points)).asnumpy().reshape(-1).astype(np.float32) * np.float32(step_size)
         occs = np.maximum(self.occs.asnumpy() * np.float32(ema_decay), occ).astype(np.float32)
         thre = min(float(occs.mean(dtype=np.float32)), threshold)
-        self.occs.set_data(Tensor(occs))
-        self.binaries.set_data(Tensor((occs > np.float32(thre)).reshape(self.binaries.shape)))
+        write_parameter(self.occs, occs)  # in place: compiled steps read the new grid
+        write_parameter(self.binaries, (occs > np.float32(thre)).reshape(self.binaries.shape))

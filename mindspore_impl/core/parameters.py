@@ -1,0 +1,23 @@
+"""Writing new values into Parameters so that compiled graphs see them.
+
+MindSpore 2.7.2 (CPU, also seen under GRAPH_MODE): a graph compiled by `ms.jit` keeps the tensor a Parameter held
+when it was compiled. `Parameter.set_data` swaps in a new tensor that such a graph never reads; `copy_` writes
+into the tensor it holds. So host-side updates (the occupancy grid, a scheduled clip bound, a checkpoint loaded
+after a step compiled) go through `write_parameter`.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+
+
+def write_parameter(p: ms.Parameter, value) -> None:
+    """p <- value (array-like or Tensor), in place when the shape is unchanged (else a new tensor: graphs
+    compiled against the old shape must be rebuilt anyway)."""
+    t = value if isinstance(value, ms.Tensor) else ms.Tensor(np.asarray(value))
+    if t.dtype != p.dtype:
+        t = t.astype(p.dtype)
+    if tuple(t.shape) == tuple(p.shape):
+        p.copy_(t)
+    else:
+        p.set_data(t)
