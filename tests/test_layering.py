@@ -4,7 +4,8 @@ inside functions) and on a real import:
 - neutral/ imports neither MindSpore nor torch, nor either tree, nor convert;
 - torch_ref/ imports nothing from mindspore_impl (nor MindSpore, nor convert);
 - mindspore_impl/ imports neither torch nor torch_ref nor convert;
-- inside each tree imports run downward: core <- shared rendering math and model families (mvdream, genvs)
+- inside each tree imports run downward: core <- shared rendering math and model families (mvdream, genvs,
+  zero123)
   <- lift3d.
 """
 import ast
@@ -15,7 +16,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = {"core": 0, "rendering": 1, "mvdream": 1, "genvs": 1, "lift3d": 2}  # a module may import its own layer and lower ones
+LAYERS = {"core": 0, "rendering": 1, "mvdream": 1, "genvs": 1, "zero123": 1, "lift3d": 2}  # a module may import its own layer and lower ones
 
 
 def _py_files(package: str) -> list[str]:

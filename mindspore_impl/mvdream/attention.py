@@ -82,7 +82,12 @@ class CrossAttention(nn.Cell):
         if context is None:
             context = x
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        if self.backend == "flash" and flash_fits(q.shape[0], q.shape[1], k.shape[1]):
+        if k.shape[1] == 1:
+            # one key (Zero123's single image token): the softmax is exactly 1, every query reads v. Also sidesteps
+            # MindSpore 2.7.2's PyNative gradient of ops.softmax over a size-1 axis, which came out wrong after a
+            # self-attention (tests/test_zero123_model.py::test_unet_with_8_input_channels)
+            out = ops.broadcast_to(v, q.shape)
+        elif self.backend == "flash" and flash_fits(q.shape[0], q.shape[1], k.shape[1]):
             out = flash_attention(q, k, v, self.heads, self.scale)
         else:
             out = math_attention(q, k, v, self.heads, self.scale)
