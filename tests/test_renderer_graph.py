@@ -72,9 +72,8 @@ def test_render_forward_backward_graph_matches_pynative():
 
 
 def test_compiled_graph_sees_occupancy_and_checkpoint_writes():
-    """Host-side writes reach graphs compiled before them (core/parameters.write_parameter): MindSpore 2.7.2's
-    Parameter.set_data swaps in a tensor that an ms.jit graph never reads, which left the occupancy grid of a
-    compiled training step at its first value."""
+    """Host-side writes reach graphs compiled before them (core/parameters.write_parameter): with MindSpore
+    2.7.2's Parameter.set_data, this ms.jit closure kept reading the grid it was compiled with."""
     from mindspore_impl.core.checkpoint import load_state_dict
     from mindspore_impl.lift3d.renderers.occupancy_grid import OccupancyGrid
 

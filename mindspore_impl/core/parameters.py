@@ -1,9 +1,11 @@
 """Writing new values into Parameters so that compiled graphs see them.
 
-MindSpore 2.7.2 (CPU, also seen under GRAPH_MODE): a graph compiled by `ms.jit` keeps the tensor a Parameter held
-when it was compiled. `Parameter.set_data` swaps in a new tensor that such a graph never reads; `copy_` writes
-into the tensor it holds. So host-side updates (the occupancy grid, a scheduled clip bound, a checkpoint loaded
-after a step compiled) go through `write_parameter`.
+MindSpore 2.7.2 (CPU, PyNative and GRAPH_MODE): a function compiled by `ms.jit` that reaches a Cell's Parameter
+through a closure keeps the tensor the Parameter held when it was compiled. `Parameter.set_data` swaps in a new
+tensor that such a graph never reads; `copy_` writes into the tensor it holds. The systems' compiled training
+steps did see set_data (measured on the deferred SDS step: emptying the occupancy grid emptied the next step's
+samples either way), but a new compiled form should not depend on that, so host-side updates (the occupancy
+grid, a scheduled clip bound, checkpoint loads) go through `write_parameter`.
 """
 from __future__ import annotations
 
