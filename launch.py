@@ -217,7 +217,8 @@ def import_modules() -> None:
     from mindspore_impl.lift3d.systems.base import import_lift3d_modules
     import_lift3d_modules()
     for name in ("mindspore_impl.mvdream.diffusion_system", "mindspore_impl.mvdream.data",
-                 "neutral.lift3d.transforms_dataset", "neutral.genvs.srn_dataset", "mindspore_impl.genvs.system"):
+                 "neutral.lift3d.transforms_dataset", "neutral.genvs.srn_dataset", "mindspore_impl.genvs.system",
+                 "neutral.lift3d.single_image_datamodule"):
         importlib.import_module(name)
 
 

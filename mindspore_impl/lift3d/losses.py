@@ -97,3 +97,75 @@ def mask_loss(opacity, alpha):
     """Binary cross entropy of the clamped opacity against the target alpha."""
     x = ops.clamp(opacity, MASK_EPS, 1.0 - MASK_EPS)
     return -(alpha * ops.log(x) + (1.0 - alpha) * ops.log(1.0 - x)).mean()
+
+
+# ----- image-conditioned systems (lift3d/systems/zero123_system.py): threestudio's threestudio/systems/zero123.py
+# and the zero123 3D-reconstruction losses (cvlab-columbia/zero123 3drec/run_zero123.py, 3drec/my3d.py). Masked
+# terms are static-shape masked means here; the twin indexes the valid pixels as upstream does.
+
+# 3drec (voxnerf/render.py) composites depth over a background 10 units away, so empty rays read as far, not as 0
+DEPTH_BACKGROUND = 10.0
+
+
+def mask_mse_loss(opacity, alpha):
+    """threestudio zero123.py: F.mse_loss(gt_mask, opacity)."""
+    return ((opacity - alpha) ** 2).mean()
+
+
+def composite_depth(depth, opacity, background: float = DEPTH_BACKGROUND):
+    """E[t] + (1 - opacity) * background (B,H,W,1)."""
+    return depth + (1.0 - opacity) * background
+
+
+def depth_smooth_loss(depth):
+    """3drec depth_smooth_loss: (mean |horizontal difference| + mean |vertical difference|) / 2 of (B,H,W,1)."""
+    dx = depth[:, :, :-1] - depth[:, :, 1:]
+    dy = depth[:, :-1] - depth[:, 1:]
+    return (ops.abs(dx).mean() + ops.abs(dy).mean()) / 2.0
+
+
+def near_view_loss(rgb_near, rgb, depth_near, depth):
+    """3drec near-view consistency: mean |y_near - y| + mean |depth_near - depth| (a view and one 0.05 away)."""
+    return ops.abs(rgb_near - rgb).mean() + ops.abs(depth_near - depth).mean()
+
+
+def normal_smooth_loss(comp_normal):
+    """threestudio zero123.py lambda_normal_smooth: mean squared difference of vertical plus horizontal neighbours."""
+    dy = comp_normal[:, 1:] - comp_normal[:, :-1]
+    dx = comp_normal[:, :, 1:] - comp_normal[:, :, :-1]
+    return (dy ** 2).mean() + (dx ** 2).mean()
+
+
+def _masked_stats(pred, gt, mask):
+    """(count, masked mean of pred, of gt) over pixels with mask 1 (count at least 1)."""
+    n = ops.maximum(mask.sum(), 1.0)
+    return n, (pred * mask).sum() / n, (gt * mask).sum() / n
+
+
+def depth_alignment_loss(depth, ref_depth, mask):
+    """threestudio lambda_depth: the reference depth fitted to the render by least squares (scale and shift, no
+    gradient) over the masked pixels, then the MSE of render and fitted reference there."""
+    n, mp, mg = _masked_stats(depth, ref_depth, mask)
+    cov = (mask * (ref_depth - mg) * (depth - mp)).sum()
+    var = (mask * (ref_depth - mg) ** 2).sum()
+    scale = ops.stop_gradient(cov / ops.maximum(var, 1e-12))
+    shift = ops.stop_gradient(mp - scale * mg)
+    return (mask * (scale * ref_depth + shift - depth) ** 2).sum() / n
+
+
+def depth_correlation_loss(depth, ref_depth, mask):
+    """threestudio lambda_depth_rel: 1 - Pearson correlation of render and reference depth over the masked pixels."""
+    _, mp, mg = _masked_stats(depth, ref_depth, mask)
+    cov = (mask * (depth - mp) * (ref_depth - mg)).sum()
+    var_p = (mask * (depth - mp) ** 2).sum()
+    var_g = (mask * (ref_depth - mg) ** 2).sum()
+    return 1.0 - cov / ops.sqrt(ops.maximum(var_p * var_g, 1e-24))
+
+
+def normal_consistency_loss(comp_normal, ref_normal, mask):
+    """threestudio lambda_normal: 1 - mean cosine of (2 comp_normal - 1) and (1 - 2 ref_normal) over the mask."""
+    pred = 2.0 * comp_normal - 1.0
+    gt = 1.0 - 2.0 * ref_normal
+    norms = ops.sqrt((pred * pred).sum(-1, keepdims=True)) * ops.sqrt((gt * gt).sum(-1, keepdims=True))
+    cos = (pred * gt).sum(-1, keepdims=True) / ops.maximum(norms, 1e-8)
+    return 1.0 - (cos * mask).sum() / ops.maximum(mask.sum(), 1.0)

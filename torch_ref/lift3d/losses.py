@@ -64,3 +64,60 @@ def photometric_loss(rgb, target):
 def mask_loss(opacity, alpha):
     """threestudio zero123 system: F.binary_cross_entropy(opacity.clamp(1e-5, 1 - 1e-5), gt_mask)."""
     return F.binary_cross_entropy(opacity.clamp(1.0e-5, 1.0 - 1.0e-5), alpha)
+
+
+# ----- image-conditioned systems: threestudio/systems/zero123.py (masked terms index the valid pixels, as upstream)
+# and the zero123 3drec losses (cvlab-columbia/zero123 3drec/run_zero123.py, 3drec/my3d.py)
+
+DEPTH_BACKGROUND = 10.0  # 3drec voxnerf/render.py: bg_dist
+
+
+def mask_mse_loss(opacity, alpha):
+    return F.mse_loss(alpha, opacity)
+
+
+def composite_depth(depth, opacity, background: float = DEPTH_BACKGROUND):
+    return depth + (1 - opacity) * background
+
+
+def depth_smooth_loss(depth):
+    """my3d.py gradient_x / gradient_y on each (H, W) map; the mean over a batch of equal maps."""
+    d = depth[..., 0]
+    grad_x = d[:, :, :-1] - d[:, :, 1:]
+    grad_y = d[:, :-1, :] - d[:, 1:, :]
+    return (grad_x.abs().mean() + grad_y.abs().mean()) / 2.0
+
+
+def near_view_loss(rgb_near, rgb, depth_near, depth):
+    return (rgb_near - rgb).abs().mean() + (depth_near - depth).abs().mean()
+
+
+def normal_smooth_loss(normal):
+    return (normal[:, 1:, :, :] - normal[:, :-1, :, :]).square().mean() + \
+        (normal[:, :, 1:, :] - normal[:, :, :-1, :]).square().mean()
+
+
+def depth_alignment_loss(depth, ref_depth, mask):
+    gt_mask = mask[..., 0] > 0.5
+    valid_gt_depth = ref_depth[gt_mask]            # [N, 1]
+    valid_pred_depth = depth[gt_mask]              # [N, 1]
+    with torch.no_grad():
+        A = torch.cat([valid_gt_depth, torch.ones_like(valid_gt_depth)], dim=-1)  # [N, 2]
+        X = torch.linalg.lstsq(A, valid_pred_depth).solution  # [2, 1]
+        valid_gt_depth = A @ X
+    return F.mse_loss(valid_gt_depth, valid_pred_depth)
+
+
+def depth_correlation_loss(depth, ref_depth, mask):
+    """1 - PearsonCorrCoef()(pred, gt) on the valid pixels (torchmetrics' formula)."""
+    gt_mask = mask[..., 0] > 0.5
+    p, g = depth[gt_mask][:, 0], ref_depth[gt_mask][:, 0]
+    p, g = p - p.mean(), g - g.mean()
+    return 1 - (p * g).sum() / torch.sqrt((p * p).sum() * (g * g).sum())
+
+
+def normal_consistency_loss(comp_normal, ref_normal, mask):
+    gt_mask = mask[..., 0] > 0.5
+    valid_gt_normal = 1 - 2 * ref_normal[gt_mask]  # [N, 3]
+    valid_pred_normal = 2 * comp_normal[gt_mask] - 1  # [N, 3]
+    return 1 - F.cosine_similarity(valid_pred_normal, valid_gt_normal).mean()

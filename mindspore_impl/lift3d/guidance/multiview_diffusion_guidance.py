@@ -78,6 +78,25 @@ def clip_grad(grad, clip_val):
     return ops.where(ops.isfinite(grad), grad, ops.zeros_like(grad))
 
 
+def sds_grad(a_t, eps, noise):
+    """The SDS latent gradient w(t) (eps_hat - eps), w(t) = 1 - alphas_cumprod[t] (threestudio's weighting)."""
+    return (1.0 - a_t) * (eps - noise)
+
+
+def sjc_perturb(y, a_t, noise):
+    """SJC's noisy point and the UNet's input: sigma = sqrt((1 - a_t)/a_t), z = y + sigma n,
+    x_in = z / sqrt(1 + sigma^2) -> (z, x_in, sigma). a_t broadcasts against y ((1,1,1,1) or (B,1,1,1)).
+    Shared by every guidance with an "sjc" mode (this one and zero123_guidance.py)."""
+    sigma = ops.sqrt((1.0 - a_t) / a_t)
+    z = y + sigma * noise
+    return z, z / ops.sqrt(1.0 + sigma * sigma), sigma
+
+
+def sjc_grad(y, z, sigma, eps):
+    """(y - D) / sigma with the denoised D = z - sigma eps: a descent step on the surrogate loss moves y to D."""
+    return (y - (z - sigma * eps)) / sigma
+
+
 # ---------------------------------------------------------------- the guidance cell
 
 def load_frozen_models(ckpt_path: str, config_path: str, names=("unet", "vae"),
@@ -220,11 +239,9 @@ class MultiviewDiffusionGuidance(nn.Cell):
         timesteps = ops.tile(t.astype(ms.int32), (b,))
         a_t = ops.gather(self.alphas_cumprod, t.astype(ms.int32), 0).reshape(1, 1, 1, 1)
         if self.mode == "sjc":
-            sigma = ops.sqrt((1.0 - a_t) / a_t)
-            z = y + sigma * noise
-            e, _ = self.predict_noise(z / ops.sqrt(1.0 + sigma * sigma), timesteps, text_embeddings, camera)
-            denoised = z - sigma * e
-            grad = (y - denoised) / sigma
+            z, x_in, sigma = sjc_perturb(y, a_t, noise)
+            e, _ = self.predict_noise(x_in, timesteps, text_embeddings, camera)
+            grad = sjc_grad(y, z, sigma, e)
         else:
             x_t = self.noise_schedule.q_sample(y, timesteps, noise)
             e, e_c = self.predict_noise(x_t, timesteps, text_embeddings, camera)
@@ -237,7 +254,7 @@ class MultiviewDiffusionGuidance(nn.Cell):
                     x0 = ops.clamp(x0, -self.scale_factor, self.scale_factor)
                 grad = y - x0
             else:
-                grad = (1.0 - a_t) * (e - noise)
+                grad = sds_grad(a_t, e, noise)
         if self.use_grad_clip:
             grad = clip_grad(grad, self.grad_clip_bound)
         grad = ops.stop_gradient(grad)

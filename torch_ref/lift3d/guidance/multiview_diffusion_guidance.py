@@ -36,6 +36,23 @@ def surrogate_loss(latents, grad, batch_size: int):
     return 0.5 * F.mse_loss(latents, target, reduction="sum") / batch_size
 
 
+def sds_grad(a_t, eps, noise):
+    """threestudio: w = 1 - alphas_cumprod[t]; grad = w * (noise_pred - noise)."""
+    return (1 - a_t) * (eps - noise)
+
+
+def sjc_perturb(y, a_t, noise):
+    """pals-ttic/sjc: sigma = sqrt((1 - abar)/abar), z = y + sigma n, UNet input z / sqrt(1 + sigma^2)."""
+    sigma = torch.sqrt((1 - a_t) / a_t)
+    z = y + sigma * noise
+    return z, z / torch.sqrt(1 + sigma ** 2), sigma
+
+
+def sjc_grad(y, z, sigma, eps):
+    """(y - D) / sigma, D = z - sigma eps (SJC's var_red gradient with the sign of a loss)."""
+    return (y - (z - sigma * eps)) / sigma
+
+
 class MultiviewDiffusionGuidance(nn.Module):
     """forward(rgb (B,H,W,3), c2w (B,4,4), text_embeddings (2B,77,C), t (1,), noise, vae_noise)
     -> (loss_sds, grad_norm)."""
@@ -98,10 +115,9 @@ class MultiviewDiffusionGuidance(nn.Module):
         a_t = self.alphas_cumprod[t].reshape(1, 1, 1, 1)
         with torch.no_grad():
             if self.mode == "sjc":
-                sigma = torch.sqrt((1 - a_t) / a_t)
-                z = y + sigma * noise
-                e, _ = self.predict_noise(z / torch.sqrt(1 + sigma ** 2), timesteps, text_embeddings, camera)
-                grad = (y - (z - sigma * e)) / sigma
+                z, x_in, sigma = sjc_perturb(y, a_t, noise)
+                e, _ = self.predict_noise(x_in, timesteps, text_embeddings, camera)
+                grad = sjc_grad(y, z, sigma, e)
             else:
                 x_t = self.noise_schedule.q_sample(y, timesteps, noise)
                 e, e_c = self.predict_noise(x_t, timesteps, text_embeddings, camera)
@@ -114,7 +130,7 @@ class MultiviewDiffusionGuidance(nn.Module):
                         x0 = x0.clamp(-self.scale_factor, self.scale_factor)
                     grad = y - x0
                 else:
-                    grad = (1 - a_t) * (e - noise)
+                    grad = sds_grad(a_t, e, noise)
             if self.grad_clip_val is not None:
                 grad = torch.nan_to_num(grad.clamp(-self.grad_clip_val, self.grad_clip_val))
         if self.mode == "x0" and self.grad_clip_val is None:
