@@ -218,7 +218,7 @@ def import_modules() -> None:
     import_lift3d_modules()
     for name in ("mindspore_impl.mvdream.diffusion_system", "mindspore_impl.mvdream.data",
                  "neutral.lift3d.transforms_dataset", "neutral.genvs.srn_dataset", "mindspore_impl.genvs.system",
-                 "neutral.lift3d.single_image_datamodule"):
+                 "neutral.lift3d.single_image_datamodule", "mindspore_impl.zero123.diffusion_system"):
         importlib.import_module(name)
 
 

@@ -10,18 +10,19 @@ threestudio/models/guidance/zero123_guidance.py build them:
 T comes from neutral/zero123/camera.py `relative_camera_T`. The UNet is mvdream's MultiViewUNetModel configured as
 SD 1.x's plain UNet (no camera_dim, one view, conv proj_in / proj_out), the VAE is mvdream's AutoencoderKL.
 Parameter names are the checkpoint's (neutral/zero123/checkpoint_layout.py) after convert/zero123.py's renaming,
-so a converted checkpoint loads into the whole cell (loading.py). Static shapes; `construct`, `apply_model` and
-`unconditional` compile in GRAPH mode. Twin: torch_ref/zero123/model.py.
+so a converted checkpoint loads into the whole cell (loading.py). The first stage may be the pixel-space identity
+(configs/demo-zero123-model.yaml): the latents are then the (pixel-unshuffled) images. Static shapes; `construct`,
+`apply_model` and `unconditional` compile in GRAPH mode. Twin: torch_ref/zero123/model.py.
 """
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import nn, ops
 
+from mindspore_impl.mvdream.first_stage import build_first_stage
 from mindspore_impl.mvdream.unet import build_from_config as build_unet
-from mindspore_impl.mvdream.vae import build_from_config as build_vae
 from mindspore_impl.zero123.clip_image_encoder import build_from_config as build_image_encoder
-from neutral.zero123.model_config import parse_model_params, submodel_params
+from neutral.zero123.model_config import first_stage_entry, parse_model_params, submodel_params
 
 
 class DiffusionWrapper(nn.Cell):
@@ -44,7 +45,8 @@ class Zero123(nn.Cell):
         self.dims = dims
         self.context_dim = dims.context_dim  # a plain int for compiled code
         self.model = DiffusionWrapper(build_unet(submodel_params(model_params, "unet_config")))
-        self.first_stage_model = build_vae(submodel_params(model_params, "first_stage_config"))
+        # AutoencoderKL, or the pixel-space identity (mvdream/first_stage.py; no parameters) of the demo model
+        self.first_stage_model = build_first_stage(first_stage_entry(model_params))
         self.cond_stage_model = build_image_encoder(submodel_params(model_params, "cond_stage_config"))
         self.cc_projection = nn.Dense(dims.cc_projection_in, dims.context_dim)
 

@@ -12,7 +12,8 @@ threestudio/models/guidance/zero123_guidance.py (`get_img_embeds`, `get_cond`) b
   scale_factor (the noisy latent is: scale_factor x a posterior sample);
 - the unconditional branch of classifier-free guidance: zeros for both, c_crossattn zeroed after the projection
   (gradio_new.py: `torch.zeros_like(c)` of the projected c; threestudio: `torch.zeros_like(clip_emb)`).
-The UNet is the MVDream UNet configured as SD 1.x's plain UNet (no camera_dim, one view, conv proj_in/out).
+The UNet is the MVDream UNet configured as SD 1.x's plain UNet (no camera_dim, one view, conv proj_in/out). The first
+stage may be the pixel-space identity (configs/demo-zero123-model.yaml).
 The attribute paths equal upstream's, so `state_dict()` keys are the checkpoint's (neutral/zero123/
 checkpoint_layout.py). Twin: mindspore_impl/zero123/model.py.
 """
@@ -21,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neutral.zero123.model_config import parse_model_params, submodel_params
+from neutral.zero123.model_config import first_stage_entry, parse_model_params, submodel_params
+from torch_ref.mvdream.first_stage import IdentityFirstStage, build_first_stage
 from torch_ref.mvdream.unet import build_from_config as build_unet
-from torch_ref.mvdream.vae import build_from_config as build_vae
 from torch_ref.zero123.clip_image_encoder import build_from_config as build_image_encoder
 
 
@@ -46,13 +47,20 @@ class Zero123(nn.Module):
         _, dims = parse_model_params(model_params)
         self.dims = dims
         self.model = DiffusionWrapper(build_unet(submodel_params(model_params, "unet_config")))
-        self.first_stage_model = build_vae(submodel_params(model_params, "first_stage_config"))
+        # AutoencoderKL, or the pixel-space identity (mvdream/first_stage.py; no parameters) of the demo model
+        self.first_stage_model = build_first_stage(first_stage_entry(model_params))
         self.cond_stage_model = build_image_encoder(submodel_params(model_params, "cond_stage_config"))
         self.cc_projection = nn.Linear(dims.cc_projection_in, dims.context_dim)
 
     def encode_reference(self, image):
         """image [B, 3, H, W] in [-1, 1] -> (CLIP embedding [B, 1, D], reference latent [B, C, H/f, W/f])."""
-        return self.cond_stage_model.encode(image), self.first_stage_model.encode(image).mode()
+        return self.cond_stage_model.encode(image), self.first_stage_mode(image)
+
+    def first_stage_mode(self, image):
+        """The first stage's posterior mode (upstream's c_concat); pixel space: the (pixel-unshuffled) image."""
+        if isinstance(self.first_stage_model, IdentityFirstStage):
+            return self.first_stage_model.encode_mode(image)
+        return self.first_stage_model.encode(image).mode()
 
     def camera_conditioning(self, clip_emb, T):
         """clip_emb [B, 1, D], T [B, 4] -> c_crossattn [B, 1, context_dim]."""

@@ -212,6 +212,23 @@ def sample_orbit(rng: np.random.Generator, num_objects: int, n_view: int = 4,
             "fovy": np.full((num_objects, n_view), float(fovy_deg))}
 
 
+def sample_random_views(rng: np.random.Generator, num_objects: int, n_view: int = 8,
+                        elevation_range=(0.0, 30.0), relative_distance_range=(0.8, 1.0),
+                        fovy_deg: float = 40.0) -> Dict[str, np.ndarray]:
+    """Per view, independently: azimuth uniform in [-180, 180), elevation uniform in degrees, distance = relative
+    distance / tan(fovy / 2); views at random around each object, as Zero-1-to-3's training renders
+    (cvlab-columbia/zero123: 12 random views per object, pairs of them with their relative camera). Arrays (N, V)."""
+    azimuth = rng.uniform(-180.0, 180.0, size=(num_objects, n_view))
+    elevation = rng.uniform(*elevation_range, size=(num_objects, n_view))
+    rel = rng.uniform(*relative_distance_range, size=(num_objects, n_view))
+    distance = rel / math.tan(math.radians(fovy_deg) / 2.0)
+    return {"elevation": elevation, "azimuth": azimuth, "distance": distance,
+            "fovy": np.full((num_objects, n_view), float(fovy_deg))}
+
+
+VIEW_SAMPLINGS = ("orbit", "random")
+
+
 def canonical_cameras(size: int, n_view: int = 4, elevation_deg: float = 15.0, azimuth_start: float = 0.0,
                       relative_distance: float = 0.9, fovy_deg: float = 40.0) -> Dict[str, np.ndarray]:
     """The 4 canonical views for silhouette checks: azimuth_start + k * 360 / n_view (k = 0..n_view-1)."""
@@ -352,9 +369,13 @@ def parse_prompt(prompt: str):
 def make_dataset(num_objects: int, size: int = 32, seed: int = 0, shapes: Sequence[str] = DEFAULT_SHAPES,
                  colors: Sequence[str] = DEFAULT_COLORS, n_view: int = 4, elevation_range=(0.0, 30.0),
                  relative_distance_range=(0.8, 1.0), fovy_deg: float = 40.0, supersample: int = 2,
-                 background=(1.0, 1.0, 1.0), chunk: int = 32, progress: bool = False) -> Dict[str, np.ndarray]:
+                 background=(1.0, 1.0, 1.0), chunk: int = 32, progress: bool = False,
+                 views: str = "orbit") -> Dict[str, np.ndarray]:
     """Render `num_objects` objects x n_view views. Every random number is drawn up front from one
-    Generator(seed), so the result does not depend on `chunk`."""
+    Generator(seed), so the result does not depend on `chunk`. views "orbit": `sample_orbit` (MVDream's training
+    views); "random": `sample_random_views` (each view anywhere around the object, for view-pair training)."""
+    if views not in VIEW_SAMPLINGS:
+        raise ValueError(f"views must be one of {VIEW_SAMPLINGS}, got {views!r}")
     for s in shapes:
         _check_name(s, SHAPES, "shape")
     for c in colors:
@@ -364,7 +385,8 @@ def make_dataset(num_objects: int, size: int = 32, seed: int = 0, shapes: Sequen
     rng = np.random.default_rng(seed)
     shape_ids = rng.integers(0, len(shapes), num_objects)
     color_ids = rng.integers(0, len(colors), num_objects)
-    orbit = sample_orbit(rng, num_objects, n_view, elevation_range, relative_distance_range, fovy_deg)
+    sampler = sample_orbit if views == "orbit" else sample_random_views
+    orbit = sampler(rng, num_objects, n_view, elevation_range, relative_distance_range, fovy_deg)
     cams = make_cameras(orbit["elevation"], orbit["azimuth"], orbit["distance"], orbit["fovy"], size)
     c2w = cams["c2w"].reshape(num_objects, n_view, 4, 4)
     palette = np.array([COLORS[c] for c in colors], dtype=np.float64)
