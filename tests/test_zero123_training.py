@@ -274,7 +274,7 @@ def files(tmp_path_factory):
 
 
 def _launch(files, *args, mode="--train"):
-    return launch.main(["--config", TINY_CONFIG, mode, f"exp_root_dir={files['dir'] / 'out'}",
+    return launch.main(["--config", TINY_CONFIG, mode, f"exp_root_dir={files['dir'] / 'out'}", "system.jit=false",
                         f"data.path={files['dataset']}", *args])
 
 
@@ -285,7 +285,8 @@ def _rows(trial_root):
 
 @pytest.fixture(scope="module")
 def run(files):
-    """configs/tiny-zero123-training.yaml through launch.py: 4 compiled steps, checkpoints and validation grids at 2
+    """configs/tiny-zero123-training.yaml through launch.py: 4 steps (system.jit=false: the PyNative step, which
+    skips a ~50 s compile; the compiled form of the same step builder is tested with the other systems), checkpoints and validation grids at 2
     and 4, the test orbit and the export."""
     trainer = _launch(files, "name=full")
     return {"trainer": trainer, "root": trainer.trial.root, "rows": _rows(trainer.trial.root)}
