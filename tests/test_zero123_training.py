@@ -285,9 +285,9 @@ def _rows(trial_root):
 
 @pytest.fixture(scope="module")
 def run(files):
-    """configs/tiny-zero123-training.yaml through launch.py: 4 steps (system.jit=false: the PyNative step, which
-    skips a ~50 s compile; the compiled form of the same step builder is tested with the other systems), checkpoints and validation grids at 2
-    and 4, the test orbit and the export."""
+    """configs/tiny-zero123-training.yaml through launch.py: 4 steps (system.jit=false: the PyNative step skips a
+    ~50 s compile; the compiled step builder is tested with the other systems), checkpoints and validation grids
+    at 2 and 4, the test orbit and the export."""
     trainer = _launch(files, "name=full")
     return {"trainer": trainer, "root": trainer.trial.root, "rows": _rows(trainer.trial.root)}
 
@@ -398,7 +398,7 @@ def test_example_images_are_reproducible():
 
 
 def test_loss_falls_on_fixed_batch(files, run):
-    """Last in the file (it trains the run's system further): 16 compiled steps on one fixed batch (fixed t and
+    """Last in the file (it trains the run's system further): 16 steps on one fixed batch (fixed t and
     noise, no condition dropout) must halve the eps-MSE."""
     from mindspore_impl.zero123.data import ViewPairsDataModule
     system = run["trainer"].system
