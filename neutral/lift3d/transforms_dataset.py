@@ -318,7 +318,14 @@ class TransformsDataModuleConfig:
     n_val_views: int = field(default=4, metadata={"min": -1})
     rays_per_step: int = field(default=4096, metadata={"min": 1})  # random pixels of all training images
     # each training ray through a random point of its pixel (instant-ngp; matches anti-aliased images), else the centre
+    # (random rays only: patches use the pixel centres, as upstream zvict/papr)
     pixel_jitter: bool = True
+    # training batches of image patches instead of random rays, for a renderer that decodes neighbourhoods
+    # (papr-renderer): patches_per_step crops of patch_size x patch_size pixels, each from one training image at a
+    # random position; the images come in a shuffled order per epoch (upstream zvict/papr: a shuffling DataLoader,
+    # one patch per image). 0: random rays (rays_per_step)
+    patch_size: int = field(default=0, metadata={"min": 0, "hint": "0 samples random rays"})
+    patches_per_step: int = field(default=1, metadata={"min": 1})
     downscale: int = field(default=1, metadata={"min": 1})  # images resampled by area to 1/downscale the size
     scene_scale: float = field(default=1.0, metadata={"min": 1e-6})  # camera positions are multiplied by it
     # the test orbit (video) around the world z axis, looking at the origin; None: from the training cameras
@@ -348,8 +355,10 @@ def pixel_rays(c2w: np.ndarray, intrinsics: np.ndarray, rows: np.ndarray, cols: 
 class TransformsDataModule:
     """Training: `sample(step)` draws rays_per_step random pixels of the training images (one Generator from the
     seed; get_state/set_state resume the same stream) -> rays_o, rays_d (R,1,1,3), light_positions (R,3) (the
-    cameras), rgb (R,1,1,3) and, for RGBA images, mask (R,1,1,1) = alpha. Validation: `val_batch(i)`, a held-out
-    view (1,H,W,.) with its rgb (and mask). Test: `test_batch(i)`, an orbit (no ground truth).
+    cameras), rgb (R,1,1,3) and, for RGBA images, mask (R,1,1,1) = alpha. With patch_size p > 0 it draws
+    patches_per_step = B patches instead (`sample_patches`) -> rays_o, rays_d (B,p,p,3), light_positions (B,3),
+    rgb (B,p,p,3), mask (B,p,p,1). Validation: `val_batch(i)`, a held-out view (1,H,W,.) with its rgb (and mask).
+    Test: `test_batch(i)`, an orbit (no ground truth).
 
     Subclasses that make their folder first override `prepare()` (returns the folder; runs before loading) and
     extend `Config`."""
@@ -395,6 +404,11 @@ class TransformsDataModule:
         for split in (train, held):
             if split is not None:
                 split["c2w"][:, :3, 3] *= cfg.scene_scale
+        p = cfg.patch_size
+        if p and p > min(train["height"], train["width"]):
+            raise ConfigError(f"data.patch_size={p} is larger than the training images ({train['width']}x"
+                              f"{train['height']} after downscale {cfg.downscale}); use at most "
+                              f"{min(train['height'], train['width'])}")
         self.train, self.held_out = train, held
         n_held = 0 if held is None else len(held["file_paths"])
         n_val = n_held if cfg.n_val_views < 0 else min(cfg.n_val_views, n_held)
@@ -429,6 +443,8 @@ class TransformsDataModule:
         return self.train["alpha"] is not None
 
     def sample(self, global_step: int) -> Dict[str, Any]:
+        if self.cfg.patch_size:
+            return self.sample_patches(global_step)
         t = self.train
         n, h, w = t["images"].shape[:3]
         r = self.cfg.rays_per_step
@@ -441,6 +457,35 @@ class TransformsDataModule:
                "rgb": t["images"][frame, rows, cols].reshape(r, 1, 1, 3)}
         if self.has_mask:
             out["mask"] = t["alpha"][frame, rows, cols].reshape(r, 1, 1, 1)
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+    def patch_frames(self, global_step: int) -> np.ndarray:
+        """The training images of step global_step's patches (B,): patch i of the run (i = step * B + j) comes from
+        image perm_e[i mod n] with e = i // n and perm_e a permutation drawn from (seed, e), so every image gives one
+        patch per epoch, in a new order each epoch, and a resumed run gets the same images without saved state."""
+        n, b = len(self.train["file_paths"]), self.cfg.patches_per_step
+        index = global_step * b + np.arange(b)
+        epochs = index // n
+        order = {int(e): np.random.default_rng([self.seed, int(e)]).permutation(n) for e in np.unique(epochs)}
+        return np.array([order[int(e)][i % n] for e, i in zip(epochs, index)], np.int64)
+
+    def sample_patches(self, global_step: int) -> Dict[str, Any]:
+        """B = patches_per_step patches of p x p pixels (pixel-centre rays): the images from `patch_frames`, the
+        top-left corners uniform over every position where the patch fits (rows, then columns, from the data module's
+        Generator). Upstream draws the corner with randint(0, H - p), which never reaches the last position."""
+        t, p, b = self.train, self.cfg.patch_size, self.cfg.patches_per_step
+        h, w = t["images"].shape[1:3]
+        frames = self.patch_frames(global_step)
+        top = self.rng.integers(0, h - p + 1, b)
+        left = self.rng.integers(0, w - p + 1, b)
+        rows = np.broadcast_to(top[:, None, None] + np.arange(p)[None, :, None], (b, p, p))
+        cols = np.broadcast_to(left[:, None, None] + np.arange(p)[None, None, :], (b, p, p))
+        frame = np.broadcast_to(frames[:, None, None], (b, p, p))
+        rays_o, rays_d = pixel_rays(t["c2w"][frame.ravel()], t["intrinsics"][frame.ravel()], rows.ravel(), cols.ravel())
+        out = {"rays_o": rays_o.reshape(b, p, p, 3), "rays_d": rays_d.reshape(b, p, p, 3),
+               "light_positions": t["c2w"][frames, :3, 3], "rgb": t["images"][frame, rows, cols]}
+        if self.has_mask:
+            out["mask"] = t["alpha"][frame, rows, cols][..., None]
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
     # --- evaluation

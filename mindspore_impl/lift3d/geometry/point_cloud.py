@@ -42,6 +42,12 @@ class PAPRPointCloud(nn.Cell):
         """-> positions (P,3), influence (P,1), features (P,F), mask (P,) with P the capacity."""
         return self.points, self.points_influ_scores, self.pc_feats, self.point_mask
 
+    def tensors(self):
+        """construct's outputs without calling the Cell, for host code (eager eval renders). In GRAPH mode a Cell call
+        runs the graph compiled at its first call, keyed by its inputs (here none), so after a capacity change it
+        would still have the old shapes."""
+        return self.points, self.points_influ_scores, self.pc_feats, self.point_mask
+
     # ------------------------------------------------------------------ host side (between steps)
     def active_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The real points' (positions, influence, features) as numpy."""

@@ -263,6 +263,10 @@ class PAPRRenderer(nn.Cell):
     def geometry(self):
         return self.sub_modules.geometry
 
+    def recompute_cells(self) -> list:
+        """The cells a system's use_recompute recomputes in the backward pass (lift3d/systems/base.py)."""
+        return [self.proximity_attn, self.decoder]
+
     @property
     def background(self):
         return self.sub_modules.background
@@ -385,7 +389,9 @@ class PAPRRenderer(nn.Cell):
         if pad:
             rays_o = ops.concat([rays_o, ops.broadcast_to(rays_o[:, -1:], (b, pad, w, 3))], 1)
             rays_d = ops.concat([rays_d, ops.broadcast_to(rays_d[:, -1:], (b, pad, w, 3))], 1)
-        pts, influence, features, mask = self.geometry()
+        # the Parameters themselves, not a geometry() call: in GRAPH mode that call runs a graph compiled at the first
+        # call, which keeps the capacity it was compiled with after a prune or grow changes it
+        pts, influence, features, mask = self.geometry.tensors()
         pieces = ([], [], [])
         for s in range(0, h + pad, rows):
             out = self.ray_features(rays_o[:, s:s + rows], rays_d[:, s:s + rows], pts, influence, features, mask)

@@ -5,4 +5,8 @@ from mindspore_impl.lift3d.systems.reconstruction_system import (  # noqa: F401
     ReconstructionSystem,
     ReconstructionSystemConfig,
 )
+from mindspore_impl.lift3d.systems.papr_reconstruction_system import (  # noqa: F401
+    PAPRReconstructionSystem,
+    PAPRReconstructionSystemConfig,
+)
 from mindspore_impl.lift3d.systems.zero123_system import Zero123System, Zero123SystemConfig  # noqa: F401

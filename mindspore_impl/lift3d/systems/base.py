@@ -122,7 +122,11 @@ class BaseLift3DSystem(BaseSystem):
         self.exporter_cfg = sub["exporter"]
 
     def recompute_cells(self) -> list:
-        """Cells that cfg.use_recompute recomputes in the backward pass; systems add their own."""
+        """Cells that cfg.use_recompute recomputes in the backward pass; systems add their own. A renderer with its
+        own list (papr-renderer: the attention MLPs and the decoder) gives it; else the implicit volume's networks."""
+        own = getattr(self.renderer, "recompute_cells", None)
+        if callable(own):
+            return list(own())
         return [self.geometry.encoding, self.geometry.density_network, self.geometry.feature_network]
 
     def apply_recompute(self) -> None:
@@ -189,7 +193,12 @@ class BaseLift3DSystem(BaseSystem):
 
     def export(self, out_dir: str) -> list[str]:
         """Marching cubes on the density at the geometry's isosurface threshold, vertex colours from
-        field + material, written as obj/ply/glb (lift3d/export/mesh.py)."""
+        field + material, written as obj/ply/glb (lift3d/export/mesh.py). A point-cloud geometry (papr-point-cloud,
+        which has `active_arrays`) has no density: its points are written as points.ply (lift3d/export/point_cloud.py)
+        and the mesh exporter's settings do not apply."""
+        if callable(getattr(self.geometry, "active_arrays", None)):
+            from mindspore_impl.lift3d.export.point_cloud import export_point_cloud
+            return export_point_cloud(out_dir, *self.geometry.active_arrays())
         from mindspore_impl.lift3d.export.mesh import export_mesh
         r = float(self.geometry.cfg.radius)
         return export_mesh(self._density_np, (-r, -r, -r), (r, r, r), out_dir, color_fn=self._color_np,

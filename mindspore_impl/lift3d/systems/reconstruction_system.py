@@ -15,6 +15,8 @@ occupied grid cells (no field evaluation), and the step evaluates the field only
 them, so nothing is dropped and the step equals the dense one; one compiled step per buffer size.
 Validation renders held-out views and records their PSNR against the ground truth composited over the render's
 background (`validation_metrics()`); the test orbit and the mesh export come from the 3D base.
+The PAPR point renderer has its own system on this one (papr_reconstruction_system.py: patches, point-set changes,
+point-cloud export); it inherits the evaluation below.
 """
 from __future__ import annotations
 
@@ -64,6 +66,10 @@ class ReconstructionSystem(BaseLift3DSystem):
     def configure(self) -> None:
         classes = self.find_classes()
         sub = self.parse_sub_configs(classes)
+        if self.cfg.renderer_type == "papr-renderer":
+            raise ConfigError("system.renderer_type papr-renderer: reconstruction with PAPR points trains on image "
+                              "patches; use system_type papr-reconstruction-system (configs/papr-recon.yaml) with "
+                              "data.patch_size set")
         self.loss_active = self.check_losses(sub, LOSS_TERMS)
         if sub["renderer"].compaction_buckets and sub["renderer"].num_importance_samples:
             raise ConfigError("system.renderer.compaction_buckets: multiview-reconstruction-system skips empty space "
