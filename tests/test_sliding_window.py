@@ -90,7 +90,7 @@ def test_sliding_window_twin_and_batched_windows(unets):
     assert_parity(a, r, "sliding window eps (3 windows per call) vs torch twin (1 per call)", rel=1e-4)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "unipc"])
+@pytest.mark.parametrize("sampler", ["dpmpp2m", "unipc"])  # the multistep samplers (DDIM keeps no state)
 def test_final_latent_of_view_n_ignores_later_views(unets, sampler):
     """Over a whole sampling run view n depends on every view <= n (n - 1 was conditioned on n - 2 a step
     earlier) and on none after n: changing the start noise of views 4 and 5 leaves views 0-3 bit-identical."""

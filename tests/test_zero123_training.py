@@ -399,7 +399,7 @@ def test_example_images_are_reproducible():
 
 def test_loss_falls_on_fixed_batch(files, run):
     """Last in the file (it trains the run's system further): 16 steps on one fixed batch (fixed t and
-    noise, no condition dropout) must halve the eps-MSE."""
+    noise, no condition dropout) must halve the eps-MSE (measured 0.8611 -> 0.4612 after 8 steps: not yet)."""
     from mindspore_impl.zero123.data import ViewPairsDataModule
     system = run["trainer"].system
     dm = ViewPairsDataModule({"path": files["dataset"], "model_config": TINY_MODEL, "batch_size": 4}, seed=3)
