@@ -5,6 +5,7 @@ azimuth 90 over 360 degrees, seed 23, prompt suffix ", 3d asset", 3 samples in o
     python scripts/t2i.py --text "an astronaut riding a horse" --ckpt mvdream-sd21.ckpt --tokenizer tokenizer/
     python scripts/t2i.py --text "a bulldozer" --num_frames 16 --sampler dpmpp2m --steps 20 ...
     python scripts/t2i.py --text "a bulldozer" --sampler unipc --unipc-order 2 --unipc-variant bh2 --steps 15 ...
+    python scripts/t2i.py "a pink cube" --ckpt pretrained/demo/model.ckpt --lora lora.safetensors ...   # LoRA
 
 Writes OUTDIR/grid.png (one row per sample, views left to right) and OUTDIR/sample{i}_view{j}.png.
 --num_frames above 4 uses the sliding-window scheme (mindspore_impl/mvdream/sliding_window.py).
@@ -59,6 +60,8 @@ def parse_args(argv=None):
                     help="converted checkpoint (.ckpt or .safetensors)")
     ap.add_argument("--config", "--config_path", dest="config", default=os.path.join(ROOT, "configs", "sd-v2-base.yaml"))
     ap.add_argument("--tokenizer", default="tokenizer", help="folder with the CLIP BPE tokenizer files")
+    ap.add_argument("--lora", default=None, metavar="PATH",
+                    help="LoRA adapters (a run's lora.safetensors export) folded into the UNet before sampling")
     ap.add_argument("--outdir", default="outputs/t2i")
     ap.add_argument("--device", default="CPU", choices=["CPU", "Ascend", "GPU"])
     return ap.parse_args(argv)
@@ -106,7 +109,9 @@ def run(args) -> int:
     setup(args.device, "pynative")
     prompt = (args.prompt_pos if args.prompt_pos is not None else args.text) + args.suffix
     pipe = MVDreamPipeline.from_checkpoint(args.ckpt, args.config, args.tokenizer,
-                                           dtype="fp16" if args.fp16 else "fp32")
+                                           dtype="fp16" if args.fp16 else "fp32", lora_path=args.lora)
+    if args.lora:
+        print(f"LoRA adapters {args.lora} folded into the UNet")
     rng = np.random.RandomState(args.seed)
     os.makedirs(args.outdir, exist_ok=True)
     rows = []

@@ -25,6 +25,12 @@ weights from the same seed and trains on its shard of the global batch (the data
 all-reduces the gradients and the loss to their means across ranks before clipping and AdamW
 (core/train_step.py's grad_reducer), so every rank applies the same update and logs the global loss. Only rank 0
 writes (trial folder, metrics, checkpoints, images, export: launch.py, core/trainer.py `writer`).
+
+LoRA (`system.lora: {mode, rank, alpha}`, mvdream/lora.py; needs init_checkpoint and train_text_encoder: false):
+the UNet's chosen Dense layers get adapters, every base weight is frozen, and only the adapters are optimised,
+checkpointed (model.* holds them alone; the base comes from init_checkpoint again on resume) and exported
+(out_dir/lora.safetensors with a record naming the base checkpoint; load with scripts/t2i.py --lora or
+system.guidance.lora_path). Example: configs/demo-lora.yaml.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import numpy as np
 from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict, read_params, save_params
 from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
 from mindspore_impl.mvdream import loading
+from mindspore_impl.mvdream import lora as lora_lib
 from mindspore_impl.mvdream.first_stage import latent_shape
 from mindspore_impl.mvdream.schedule import NoiseSchedule
 from mindspore_impl.mvdream.training import (EMA, MultiviewDiffusionLoss, arrays_of, model_parameters, step_inputs,
@@ -94,6 +101,8 @@ class MultiviewDiffusionSystemConfig(BaseSystemConfig):
     eval_guidance_scale: float = 5.0
     eval_elevation: float = 15.0
     eval_seed: int = 0
+    # LoRA fine-tuning of the UNet: {mode: all | self_attn | qk | cross_view, rank, alpha}; null: off
+    lora: Optional[dict] = None
 
 
 @register("mvdream-diffusion-system")
@@ -121,6 +130,7 @@ class MultiviewDiffusionSystem(BaseSystem):
             loading.check_checkpoint_file(cfg.init_checkpoint)
             loading.load_weights(models, read_params(cfg.init_checkpoint),
                                  f"system.init_checkpoint {cfg.init_checkpoint}")
+        self.lora_cfg = self._configure_lora()
         # original-format names (prefix + path inside each model) -> Parameter, for export and the EMA's keys
         self.named = model_parameters(self.unet, self.first_stage, self.text_encoder)
         unet_size = int(self.model_params["unet_config"]["params"]["image_size"])
@@ -141,6 +151,31 @@ class MultiviewDiffusionSystem(BaseSystem):
         self._tokens: dict[str, np.ndarray] = {}
         self._step = None
         self._sampler = None
+
+    def _configure_lora(self) -> Optional[lora_lib.LoRAConfig]:
+        """Adapters on the UNet (base weights frozen) when system.lora is set."""
+        cfg = self.cfg
+        if cfg.lora is None:
+            return None
+        lcfg = lora_lib.parse_config(cfg.lora)
+        if not cfg.init_checkpoint:
+            raise ConfigError("system.lora fine-tunes a trained model: set system.init_checkpoint to its .ckpt")
+        if cfg.train_text_encoder:
+            raise ConfigError("system.lora trains the UNet's adapters only: set system.train_text_encoder=false")
+        lora_lib.apply_lora(self.unet, lcfg.mode, lcfg.rank, lcfg.alpha, seed=self.seed)
+        return lcfg
+
+    def lora_record(self) -> dict[str, Any]:
+        lcfg = self.lora_cfg
+        return {"mode": lcfg.mode, "rank": lcfg.rank, "alpha": lcfg.alpha, "base_checkpoint": self.cfg.init_checkpoint,
+                "model_config": self.cfg.model_config, "step": self.global_step}
+
+    def model_parameters(self) -> dict[str, ms.Parameter]:
+        """With LoRA, the adapters alone (what the optimizer and checkpoints hold); else every parameter."""
+        params = super().model_parameters()
+        if self.lora_cfg is None:
+            return params
+        return {k: p for k, p in params.items() if k.endswith((f".{lora_lib.DOWN}", f".{lora_lib.UP}"))}
 
     def _check_tokenizer(self) -> None:
         arch = self.text_encoder.arch
@@ -211,6 +246,14 @@ class MultiviewDiffusionSystem(BaseSystem):
         return out
 
     def export(self, out_dir: str) -> list[str]:
+        if self.lora_cfg is not None:
+            path = os.path.join(out_dir, "lora.safetensors")
+            adapters = {k: p for k, p in self.named.items() if k in set(self.trainable_keys)}
+            arrays = arrays_of(adapters)
+            if self.ema is not None:
+                arrays.update({k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)})
+            lora_lib.save_lora(path, arrays, self.lora_record())
+            return [path]
         path = os.path.join(out_dir, "model.ckpt")
         save_params(self.export_arrays(), path)
         return [path]
@@ -219,7 +262,10 @@ class MultiviewDiffusionSystem(BaseSystem):
         arrays = {}
         if self.ema is not None:
             arrays = {EMA_PREFIX + k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)}
-        return arrays, {"loss_smooth": self.loss_smooth}
+        meta = {"loss_smooth": self.loss_smooth}
+        if self.lora_cfg is not None:
+            meta["lora"] = {k: v for k, v in self.lora_record().items() if k != "step"}
+        return arrays, meta
 
     def load_extra_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         ema = {k[len(EMA_PREFIX):]: v for k, v in arrays.items() if k.startswith(EMA_PREFIX)}
@@ -237,4 +283,10 @@ class MultiviewDiffusionSystem(BaseSystem):
             check_state_dict({k: tuple(p.shape) for k, p in shadow.items()}, ema, "checkpoint (EMA)")
             for k, p in shadow.items():
                 write_parameter(p, ema[k])
+        if self.lora_cfg is not None or meta.get("lora") is not None:
+            mine = None if self.lora_cfg is None else \
+                {k: v for k, v in self.lora_record().items() if k in ("mode", "rank", "alpha")}
+            theirs = meta.get("lora") and {k: meta["lora"][k] for k in ("mode", "rank", "alpha")}
+            if mine != theirs:
+                raise CheckpointError(f"the checkpoint's LoRA settings {theirs} differ from system.lora {mine}")
         self.loss_smooth = meta.get("loss_smooth")

@@ -150,18 +150,31 @@ class MVDreamPipeline:
 
     @classmethod
     def from_checkpoint(cls, ckpt_path: str, config_path: str, tokenizer_dir: str,
-                        dtype: str = "fp32") -> "MVDreamPipeline":
+                        dtype: str = "fp32", lora_path: Optional[str] = None) -> "MVDreamPipeline":
         """Load a converted MVDream checkpoint (.ckpt / .safetensors, MindSpore names) strictly (loading.py).
 
-        Checked in this order, before any model is built: the checkpoint file, the tokenizer, the model YAML,
-        the dtype on this device (check_dtype)."""
+        Checked in this order, before any model is built: the checkpoint file, the adapter file (lora_path:
+        LoRA adapters from mvdream/lora.py, folded into the UNet), the tokenizer, the model YAML, the dtype on
+        this device (check_dtype)."""
         _check_dtype(dtype)
         loading.check_checkpoint_file(ckpt_path)
+        if lora_path is not None:
+            from mindspore_impl.mvdream.lora import read_lora
+            read_lora(lora_path)
         tokenizer = require_tokenizer(tokenizer_dir)
         model_params = load_model_config(config_path)
         check_dtype(dtype, model_params)
         models = loading.load_models(ckpt_path, model_params, use_fp16=_DTYPES[dtype] == ms.float16)
-        return cls(models["unet"], models["vae"], models["text_encoder"], tokenizer, model_params, dtype)
+        pipe = cls(models["unet"], models["vae"], models["text_encoder"], tokenizer, model_params, dtype)
+        if lora_path is not None:
+            pipe.load_lora(lora_path)
+        return pipe
+
+    def load_lora(self, path: str) -> dict:
+        """Fold the LoRA adapters of `path` into the UNet's weights (mvdream/lora.py load_lora); before
+        compile(). Returns the file's record (mode, rank, alpha, base_checkpoint, ...)."""
+        from mindspore_impl.mvdream.lora import load_lora
+        return load_lora(self.unet, path)
 
     # ------------------------------------------------------------------ pieces
     def encode_text(self, prompts: list[str]):

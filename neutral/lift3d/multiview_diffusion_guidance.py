@@ -37,6 +37,7 @@ class Config:
     recon_loss: bool = True  # upstream switch: x0 (True) or plain SDS (False)
     recon_std_rescale: float = 0.5
     guidance_mode: Optional[str] = None  # "x0" | "sds" | "sjc"; null: from recon_loss
+    lora_path: Optional[str] = None  # LoRA adapters (lora.safetensors, mvdream/lora.py) folded into the UNet
 
 
 class GuidanceError(UserError, ValueError):
@@ -134,6 +135,9 @@ def check_checkpoint(cfg: Config) -> tuple[str, str]:
     if not os.path.isfile(config_path):
         raise GuidanceError(f"the model config {config_path!r} does not exist (the original YAML the "
                             f"checkpoint was trained with, e.g. configs/sd-v2-base.yaml)")
+    if cfg.lora_path is not None and not os.path.isfile(cfg.lora_path):
+        raise GuidanceError(f"lora_path {cfg.lora_path!r} does not exist (a LoRA run's export "
+                            f"<trial>/save/it<N>-export/lora.safetensors)")
     return cfg.ckpt_path, config_path
 
 

@@ -159,6 +159,9 @@ class MultiviewDiffusionGuidance(nn.Cell):
         ckpt_path, config_path = check_checkpoint(cfg)
         models, model_params = load_frozen_models(ckpt_path, config_path, ("unet", "vae"),
                                                   half_precision=cfg.half_precision_weights)
+        if cfg.lora_path is not None:
+            from mindspore_impl.mvdream.lora import load_lora
+            load_lora(models["unet"], cfg.lora_path)  # folded into the frozen weights
         schedule = NoiseSchedule.from_config(model_params)
         return cls(cfg, models["unet"], models["vae"], schedule,
                    float(model_params.get("scale_factor", 0.18215)))
