@@ -217,8 +217,9 @@ def import_modules() -> None:
     from mindspore_impl.lift3d.systems.base import import_lift3d_modules
     import_lift3d_modules()
     for name in ("mindspore_impl.mvdream.diffusion_system", "mindspore_impl.mvdream.data",
-                 "neutral.lift3d.transforms_dataset", "neutral.genvs.srn_dataset", "mindspore_impl.genvs.system",
-                 "neutral.lift3d.single_image_datamodule", "mindspore_impl.zero123.diffusion_system"):
+                 "neutral.lift3d.transforms_dataset", "neutral.lift3d.frame_sequence", "neutral.genvs.srn_dataset",
+                 "mindspore_impl.genvs.system", "neutral.lift3d.single_image_datamodule",
+                 "mindspore_impl.zero123.diffusion_system"):
         importlib.import_module(name)
 
 

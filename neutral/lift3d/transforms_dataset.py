@@ -494,7 +494,14 @@ class TransformsDataModule:
         """Held-out view `index` (of n_val) at the image size, with its ground truth rgb (and mask)."""
         if not 0 <= index < self.n_val:
             raise IndexError(f"val view index {index} out of range [0, {self.n_val})")
-        d, k = self.held_out, int(self.val_frames[index])
+        out = self.view_batch("held_out", int(self.val_frames[index]))
+        out["index"] = index
+        return out
+
+    def view_batch(self, split: str, k: int) -> Dict[str, Any]:
+        """Frame k of the split ("train" or "held_out") as a whole image (1,H,W,.) with its ground truth rgb (and
+        mask), index k (val_batch(i) is held-out frame val_frames[i] with index i)."""
+        d = self.train if split == "train" else self.held_out
         h, w = d["height"], d["width"]
         rows, cols = np.divmod(np.arange(h * w), w)
         rays_o, rays_d = pixel_rays(np.repeat(d["c2w"][k:k + 1], h * w, 0),
@@ -505,7 +512,7 @@ class TransformsDataModule:
         if d["alpha"] is not None:
             out["mask"] = d["alpha"][k:k + 1, ..., None]
         out = {key: np.ascontiguousarray(v, dtype=np.float32) for key, v in out.items()}
-        out.update(height=h, width=w, index=index, file_path=d["file_paths"][k])
+        out.update(height=h, width=w, index=k, file_path=d["file_paths"][k])
         return out
 
     def test_batch(self, index: int) -> Dict[str, Any]:

@@ -9,4 +9,5 @@ from mindspore_impl.lift3d.systems.papr_reconstruction_system import (  # noqa: 
     PAPRReconstructionSystem,
     PAPRReconstructionSystemConfig,
 )
+from mindspore_impl.lift3d.systems.papr_frames_system import PAPRFramesSystem, PAPRFramesSystemConfig  # noqa: F401
 from mindspore_impl.lift3d.systems.zero123_system import Zero123System, Zero123SystemConfig  # noqa: F401
