@@ -13,7 +13,9 @@ are box-averaged down, as the data module does):
 - "sample, autoregressive": the targets sampled in file order, each conditioned on the input, up to 4 random
   earlier samples and the last one (neutral/genvs/sampling.py conditioning_set, upstream's rule);
 - "feature render RGB": the render's first 3 channels from the input alone, upsampled x2 (nearest): what the
-  denoiser is conditioned on, a regression to the mean view.
+  denoiser is conditioned on, a regression to the mean view;
+- "blank white image": a reference, not a method: the scenes are small objects on white, so an image that draws
+  nothing already scores about 15 dB PSNR (and silhouette IoU 0).
 Target t gets the same noise (Generator([seed, t])) in both sampled rows; the sampler is scripts/nvs.py's
 (--sampler, --steps, --churn; default 40 Heun steps with upstream's churn gamma 0.4).
 
@@ -41,10 +43,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from neutral.errors import run_cli  # noqa: E402
-from neutral.genvs.sampling import MAX_SOURCES, SamplingInputError, foreground_mask  # noqa: E402
+from neutral.genvs.sampling import MAX_SOURCES, SHIPPED_MODEL, SamplingInputError, foreground_mask  # noqa: E402
 
 METHODS = (("single", "sample, single view"), ("autoregressive", "sample, autoregressive"),
-           ("render", "feature render RGB (regression)"))
+           ("render", "feature render RGB (regression)"), ("white", "blank white image (reference)"))
 SSIM_WINDOW_SIGMA = 1.5  # Wang et al.: an 11 x 11 Gaussian window (scikit-image: 2 * int(3.5 sigma + 0.5) + 1)
 
 
@@ -133,7 +135,8 @@ def markdown_table(summary: dict, seconds: dict) -> str:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default=None, help="an exported GeNVS model: its folder or its model.ckpt")
+    ap.add_argument("--ckpt", default=SHIPPED_MODEL,
+                    help=f"an exported GeNVS model: its folder or its model.ckpt (default: {SHIPPED_MODEL})")
     ap.add_argument("--data", required=True, help="an SRN folder (e.g. data/genvs_scenes)")
     ap.add_argument("--objects", type=int, default=8, help="score the last N objects (the held-out ones)")
     ap.add_argument("--out", default=os.path.join("outputs", "genvs_quality", "quality.json"))
@@ -196,7 +199,8 @@ def run(args) -> int:
         n = len(targets)
         for key, dt in (("single", t1 - t0), ("autoregressive", t2 - t1), ("render", t3 - t2)):
             seconds[key] += dt
-        images = {"single": single.samples, "autoregressive": ar.samples, "render": render.renders}
+        images = {"single": single.samples, "autoregressive": ar.samples, "render": render.renders,
+                  "white": np.ones_like(truth)}
         rows = {key: [dict(scores(images[key][t], truth[t], args.white_tol), view=t + 1) for t in range(n)]
                 for key, _ in METHODS}
         for key, _ in METHODS:

@@ -46,7 +46,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from neutral.errors import run_cli  # noqa: E402
-from neutral.genvs.sampling import (DEFAULT_CAMERA, MAX_SOURCES, SamplingInputError,  # noqa: E402
+from neutral.genvs.sampling import (DEFAULT_CAMERA, MAX_SOURCES, SHIPPED_MODEL, SamplingInputError,  # noqa: E402
                                     camera_from_pose_file, intrinsics_from_fovy, orbit_c2w, parse_camera,
                                     read_input_image, sources_label, srn_pose_for_image)
 
@@ -74,7 +74,8 @@ def parse_args(argv=None):
     ap.add_argument("--image", default=None, help="input view (RGB on white or RGBA); default: the shipped example")
     ap.add_argument("--camera", default=None,
                     help="elevation,azimuth,distance[,fovy] in degrees, or an SRN pose file (default: see above)")
-    ap.add_argument("--ckpt", default=None, help="an exported GeNVS model: its folder or its model.ckpt")
+    ap.add_argument("--ckpt", default=SHIPPED_MODEL,
+                    help=f"an exported GeNVS model: its folder or its model.ckpt (default: {SHIPPED_MODEL})")
     ap.add_argument("--out", default=os.path.join("outputs", "nvs", "orbit.mp4"), help="the video's path (.mp4)")
     ap.add_argument("--views", type=int, default=16, help="cameras on the orbit, the input's included")
     ap.add_argument("--sampler", choices=("euler", "heun"), default="heun")

@@ -49,7 +49,7 @@ from neutral.genvs.denoiser_config import DenoiserConfig, denoiser_config
 from neutral.genvs.edm import EDMSamplerConfig
 from neutral.genvs.model_config import (EncoderConfig, FieldConfig, RendererConfig, check_model, parse_encoder,
                                         parse_field, parse_renderer)
-from neutral.genvs.sampling import CONDITIONING_SEED, MAX_SOURCES, conditioning_set
+from neutral.genvs.sampling import CONDITIONING_SEED, MAX_SOURCES, SHIPPED_MODEL, conditioning_set
 
 MODEL_FILE = "model.ckpt"
 CONFIG_FILE = "config.yaml"
@@ -88,7 +88,9 @@ def export_files(path: str) -> tuple:
     else:
         ckpt, config = path, os.path.join(os.path.dirname(os.path.abspath(path)), CONFIG_FILE)
     if not os.path.isfile(ckpt):
-        raise MissingFileError(f"GeNVS model not found: {ckpt}; {EXPORT_HINT}")
+        shipped = os.path.normpath(path) == os.path.normpath(SHIPPED_MODEL)
+        hint = f"it ships with the repository: git checkout -- {SHIPPED_MODEL}" if shipped else EXPORT_HINT
+        raise MissingFileError(f"GeNVS model not found: {ckpt}; {hint}")
     if not os.path.isfile(config):
         raise MissingFileError(f"{config} not found: an exported GeNVS model is model.ckpt with its config.yaml "
                                f"beside it; {EXPORT_HINT}")

@@ -40,6 +40,7 @@ from neutral.errors import MissingFileError, UserError
 from neutral.lift3d.multiview_cameras import look_at_c2w, spherical_to_cartesian
 
 MAX_RANDOM_EARLIER = 4  # sample_ar.py: min(4, q - 2) random earlier views
+SHIPPED_MODEL = "pretrained/demo-genvs"  # trained by configs/demo-genvs.yaml (README, "Novel views from one image")
 MAX_SOURCES = 1 + MAX_RANDOM_EARLIER + 1  # the input, 4 random earlier views, the last one
 CONDITIONING_SEED = 123  # sample_ar.py: random.seed(123) before the orbit
 
