@@ -3,7 +3,7 @@
     y = x W^T + b + (alpha / r) * (x D^T) U^T       D = lora_down (r, in), U = lora_up (out, r), U starts at 0
 
 (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"; the four modes come from the multi-frame
-novel-view-synthesis report in ../shared/reference/related-systems.md, "Animated 3D characters".)
+novel-view-synthesis phase of the "Generation of Animated 3D Characters" report.)
 
 Which Dense layers a mode wraps, per BasicTransformerBlock3D (attention.py) of every SpatialTransformer3D:
 

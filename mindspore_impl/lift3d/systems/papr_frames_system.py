@@ -1,5 +1,5 @@
-"""Multi-frame point fitting ("papr-frames-system"; Animate-PAPR, ../shared/reference/related-systems.md "Animated 3D
-characters"): one PAPR point cloud fitted to a sequence of posed frames (transforms-frames-datamodule,
+"""Multi-frame point fitting ("papr-frames-system"; Animate-PAPR, phase 3 of the "Generation of Animated 3D
+Characters" report, on zvict/papr's renderer): one PAPR point cloud fitted to a sequence of posed frames (transforms-frames-datamodule,
 neutral/lift3d/frame_sequence.py), frame after frame.
 
 - Frame 0 fits from scratch, exactly as papr-reconstruction-system (the step, losses, pruning and growing are that
