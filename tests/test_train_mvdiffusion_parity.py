@@ -26,12 +26,11 @@ def test_train_step_parity_with_torch(files):
     from neutral.mvdream.model_config import load_model_config
     from convert.pt2ms import convert_state_dict
     from mindspore_impl.core.optim import build_optimizer
-    from mindspore_impl.core.train_step import make_train_step
+    from mindspore_impl.core.train_step import loss_forward, make_train_step
     from mindspore_impl.mvdream import first_stage as ms_fs, text_encoder as ms_te, unet as ms_unet
     from mindspore_impl.mvdream.schedule import NoiseSchedule
     from neutral.mvdream.tokenizer import load_tokenizer
-    from mindspore_impl.mvdream.training import (MultiviewDiffusionLoss, load_named, model_parameters, step_inputs,
-                                                 training_forward)
+    from mindspore_impl.mvdream.training import MultiviewDiffusionLoss, load_named, model_parameters, step_inputs
     from neutral.mvdream.training import images_to_model, sample_step_noise
     from torch_ref.mvdream import schedule as t_schedule, training as t_training
 
@@ -55,7 +54,7 @@ def test_train_step_parity_with_torch(files):
     m_loss = MultiviewDiffusionLoss(mu, mfs, mte, NoiseSchedule(), empty, 4, 1.0)
     opt = build_optimizer("AdamW", [{"params": list(named.values())}],
                           {"lr": hp["lr"], "betas": hp["betas"], "eps": hp["eps"], "weight_decay": hp["weight_decay"]})
-    m_step = make_train_step(training_forward(m_loss), opt, grad_clip=0.05, jit=False)
+    m_step = make_train_step(loss_forward(m_loss), opt, grad_clip=0.05, jit=False)
     t_loss = torch_module(t_training.MultiviewDiffusionLoss(tu, tfs, tte, t_schedule.NoiseSchedule(), empty, 4, 1.0))
     t_step = t_training.make_train_step(t_loss, list(tu.parameters()) + list(tte.parameters()), grad_clip=0.05, **hp)
     ms_losses = [float(m_step(*step_inputs(batch))[0].asnumpy()) for _ in range(2)]

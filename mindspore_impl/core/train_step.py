@@ -65,3 +65,22 @@ def apply_gradients(optimizer, grads: tuple, loss, grad_clip: Optional[float] = 
     if grad_clip is not None:
         grads = ops.clip_by_global_norm(grads, grad_clip)
     return optimizer(grads, loss)
+
+
+def loss_forward(loss_cell) -> Callable:
+    """The forward make_train_step takes, for a cell that returns the loss alone: (*tensors) -> (loss, aux), aux
+    being the loss again (returned without gradient)."""
+    def forward(*inputs):
+        loss = loss_cell(*inputs)
+        return loss, ops.stop_gradient(loss)
+    return forward
+
+
+def batch_tensors(batch: dict, names) -> tuple:
+    """Host arrays of a batch -> tensors in the order `names` (a step's positional inputs); KeyError naming
+    what is missing."""
+    import numpy as np
+    missing = [k for k in names if k not in batch]
+    if missing:
+        raise KeyError(f"training batch lacks {missing}")
+    return tuple(ms.Tensor(np.ascontiguousarray(batch[k])) for k in names)

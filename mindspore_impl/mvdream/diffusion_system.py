@@ -41,22 +41,21 @@ from typing import Any, Optional
 import mindspore as ms
 import numpy as np
 
-from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict, read_params, save_params
+from mindspore_impl.core.ema import EMA, ema_state, ema_weights, load_ema_state
+from mindspore_impl.core.checkpoint import CheckpointError, read_params, save_params
 from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
+from mindspore_impl.core.train_step import loss_forward
 from mindspore_impl.mvdream import loading
 from mindspore_impl.mvdream import lora as lora_lib
 from mindspore_impl.mvdream.first_stage import latent_shape
 from mindspore_impl.mvdream.schedule import NoiseSchedule
-from mindspore_impl.mvdream.training import (EMA, MultiviewDiffusionLoss, arrays_of, model_parameters, step_inputs,
-                                             training_forward)
-from mindspore_impl.core.parameters import write_parameter
+from mindspore_impl.mvdream.training import MultiviewDiffusionLoss, arrays_of, model_parameters, step_inputs
 from neutral.config import ConfigError
 from neutral.mvdream.first_stage import downsample_of
 from neutral.mvdream.model_config import load_model_config
 from neutral.mvdream.tokenizer import require_tokenizer
 from neutral.registry import register
 
-EMA_PREFIX = "ema."
 SMOOTHING = 0.98  # loss_smooth = SMOOTHING * loss_smooth + (1 - SMOOTHING) * loss
 
 
@@ -207,7 +206,7 @@ class MultiviewDiffusionSystem(BaseSystem):
 
     def training_step(self, batch: dict, global_step: int) -> dict[str, Any]:
         if self._step is None:
-            self._step = self.make_train_step(training_forward(self.loss_cell), jit=True if self.cfg.jit else None,
+            self._step = self.make_train_step(loss_forward(self.loss_cell), jit=True if self.cfg.jit else None,
                                               after_update=self.ema)
         loss, _ = self._step(*self.step_tensors(batch))
         value = float(loss.asnumpy())
@@ -241,8 +240,7 @@ class MultiviewDiffusionSystem(BaseSystem):
     def export_arrays(self) -> dict[str, np.ndarray]:
         """The model alone under the original prefixes; EMA weights in place of the trained ones when on."""
         out = arrays_of(self.named)
-        if self.ema is not None:
-            out.update({k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)})
+        out.update(ema_weights(self.ema, self.trainable_keys))
         return out
 
     def export(self, out_dir: str) -> list[str]:
@@ -250,8 +248,7 @@ class MultiviewDiffusionSystem(BaseSystem):
             path = os.path.join(out_dir, "lora.safetensors")
             adapters = {k: p for k, p in self.named.items() if k in set(self.trainable_keys)}
             arrays = arrays_of(adapters)
-            if self.ema is not None:
-                arrays.update({k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)})
+            arrays.update(ema_weights(self.ema, self.trainable_keys))
             lora_lib.save_lora(path, arrays, self.lora_record())
             return [path]
         path = os.path.join(out_dir, "model.ckpt")
@@ -259,30 +256,14 @@ class MultiviewDiffusionSystem(BaseSystem):
         return [path]
 
     def extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = {}
-        if self.ema is not None:
-            arrays = {EMA_PREFIX + k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)}
+        arrays = ema_state(self.ema, self.trainable_keys)
         meta = {"loss_smooth": self.loss_smooth}
         if self.lora_cfg is not None:
             meta["lora"] = {k: v for k, v in self.lora_record().items() if k != "step"}
         return arrays, meta
 
     def load_extra_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        ema = {k[len(EMA_PREFIX):]: v for k, v in arrays.items() if k.startswith(EMA_PREFIX)}
-        others = sorted(set(arrays) - {EMA_PREFIX + k for k in ema})
-        if others:
-            raise CheckpointError(f"checkpoint has extra arrays this system does not know: {others[:10]}")
-        if self.ema is None:
-            if ema:
-                raise CheckpointError("the checkpoint holds EMA weights but system.ema_decay is null; set it to "
-                                      "continue that run")
-        else:
-            if not ema:
-                raise CheckpointError("the checkpoint holds no EMA weights but system.ema_decay is set")
-            shadow = dict(zip(self.trainable_keys, self.ema.shadow))
-            check_state_dict({k: tuple(p.shape) for k, p in shadow.items()}, ema, "checkpoint (EMA)")
-            for k, p in shadow.items():
-                write_parameter(p, ema[k])
+        load_ema_state(self.ema, self.trainable_keys, arrays)
         if self.lora_cfg is not None or meta.get("lora") is not None:
             mine = None if self.lora_cfg is None else \
                 {k: v for k, v in self.lora_record().items() if k in ("mode", "rank", "alpha")}

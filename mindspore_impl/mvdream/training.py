@@ -22,6 +22,7 @@ from mindspore import nn, ops
 
 from mindspore_impl.core.checkpoint import check_state_dict
 from mindspore_impl.core.parameters import write_parameter
+from mindspore_impl.core.train_step import batch_tensors
 from neutral.mvdream.training import FIRST_STAGE_PREFIX, STEP_INPUTS, TEXT_PREFIX, UNET_PREFIX
 
 
@@ -65,41 +66,9 @@ class MultiviewDiffusionLoss(nn.Cell):
         return ops.mean((eps - noise) ** 2)
 
 
-def training_forward(loss_cell: nn.Cell):
-    """The forward core/train_step.py make_train_step takes: (*STEP_INPUTS tensors) -> (loss, aux), aux being the
-    loss again (the builder returns it without gradient)."""
-    def forward(*inputs):
-        loss = loss_cell(*inputs)
-        return loss, ops.stop_gradient(loss)
-    return forward
-
-
 def step_inputs(batch: dict[str, np.ndarray]) -> tuple:
     """Host arrays -> the loss cell's positional tensors (in STEP_INPUTS order)."""
-    missing = [k for k in STEP_INPUTS if k not in batch]
-    if missing:
-        raise KeyError(f"training batch lacks {missing}")
-    return tuple(ms.Tensor(np.ascontiguousarray(batch[k])) for k in STEP_INPUTS)
-
-
-# ---------------------------------------------------------------- EMA
-
-class EMA(nn.Cell):
-    """Exponential moving average of parameters: ema = decay * ema + (1 - decay) * p. Called with no
-    arguments after each optimizer update (core/train_step.py make_train_step(..., after_update=ema))."""
-
-    def __init__(self, params, decay: float):
-        super().__init__(auto_prefix=False)
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
-        self.params = ms.ParameterTuple(params)
-        self.shadow = self.params.clone(prefix="ema", init="same")
-        self.decay = float(decay)
-
-    def construct(self):
-        for i in range(len(self.shadow)):
-            ops.assign(self.shadow[i], self.shadow[i] * self.decay + self.params[i] * (1.0 - self.decay))
-        return self.decay
+    return batch_tensors(batch, STEP_INPUTS)
 
 
 # ---------------------------------------------------------------- names and state

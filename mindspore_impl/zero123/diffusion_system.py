@@ -37,16 +37,15 @@ import mindspore as ms
 import numpy as np
 
 import mindspore_impl.zero123.data  # noqa: F401  (registers zero123-view-pairs-datamodule)
-from mindspore_impl.core.checkpoint import CheckpointError, check_state_dict, read_params, save_params
-from mindspore_impl.core.parameters import write_parameter
+from mindspore_impl.core.ema import EMA, ema_state, ema_weights, load_ema_state
+from mindspore_impl.core.checkpoint import read_params, save_params
 from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
+from mindspore_impl.core.train_step import loss_forward
 from mindspore_impl.mvdream.first_stage import latent_shape
 from mindspore_impl.mvdream.schedule import NoiseSchedule
-from mindspore_impl.mvdream.training import EMA
 from mindspore_impl.zero123 import loading
 from mindspore_impl.zero123.model import Zero123
-from mindspore_impl.zero123.training import (Zero123DiffusionLoss, init_weights, model_parameters, step_inputs,
-                                             training_forward)
+from mindspore_impl.zero123.training import Zero123DiffusionLoss, init_weights, model_parameters, step_inputs
 from neutral.config import ConfigError
 from neutral.mvdream.first_stage import downsample_of
 from neutral.mvdream.model_config import load_model_config
@@ -55,7 +54,6 @@ from neutral.registry import register
 from neutral.zero123.model_config import first_stage_entry
 from neutral.zero123.training import NULL_CROSSATTN
 
-EMA_PREFIX = "ema."
 SMOOTHING = 0.98  # loss_smooth = SMOOTHING * loss_smooth + (1 - SMOOTHING) * loss
 
 
@@ -159,7 +157,7 @@ class Zero123DiffusionSystem(BaseSystem):
 
     def training_step(self, batch: dict, global_step: int) -> dict[str, Any]:
         if self._step is None:
-            self._step = self.make_train_step(training_forward(self.loss_cell), jit=True if self.cfg.jit else None,
+            self._step = self.make_train_step(loss_forward(self.loss_cell), jit=True if self.cfg.jit else None,
                                               after_update=self.ema)
         loss, _ = self._step(*self.step_tensors(batch))
         value = float(loss.asnumpy())
@@ -198,8 +196,7 @@ class Zero123DiffusionSystem(BaseSystem):
     def export_arrays(self) -> dict[str, np.ndarray]:
         """The model alone under its checkpoint names; EMA weights in place of the trained ones when on."""
         out = {k: p.asnumpy() for k, p in self.named.items()}
-        if self.ema is not None:
-            out.update({k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)})
+        out.update(ema_weights(self.ema, self.trainable_keys))
         return out
 
     def export(self, out_dir: str) -> list[str]:
@@ -208,25 +205,9 @@ class Zero123DiffusionSystem(BaseSystem):
         return [path]
 
     def extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = {}
-        if self.ema is not None:
-            arrays = {EMA_PREFIX + k: p.asnumpy() for k, p in zip(self.trainable_keys, self.ema.shadow)}
+        arrays = ema_state(self.ema, self.trainable_keys)
         return arrays, {"loss_smooth": self.loss_smooth}
 
     def load_extra_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        ema = {k[len(EMA_PREFIX):]: v for k, v in arrays.items() if k.startswith(EMA_PREFIX)}
-        others = sorted(set(arrays) - {EMA_PREFIX + k for k in ema})
-        if others:
-            raise CheckpointError(f"checkpoint has extra arrays this system does not know: {others[:10]}")
-        if self.ema is None:
-            if ema:
-                raise CheckpointError("the checkpoint holds EMA weights but system.ema_decay is null; set it to "
-                                      "continue that run")
-        else:
-            if not ema:
-                raise CheckpointError("the checkpoint holds no EMA weights but system.ema_decay is set")
-            shadow = dict(zip(self.trainable_keys, self.ema.shadow))
-            check_state_dict({k: tuple(p.shape) for k, p in shadow.items()}, ema, "checkpoint (EMA)")
-            for k, p in shadow.items():
-                write_parameter(p, ema[k])
+        load_ema_state(self.ema, self.trainable_keys, arrays)
         self.loss_smooth = meta.get("loss_smooth")

@@ -24,6 +24,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindspore_impl.core.parameters import write_parameter
+from mindspore_impl.core.train_step import batch_tensors
 from neutral.zero123.training import NULL_CROSSATTN, STEP_INPUTS
 
 
@@ -64,20 +65,9 @@ class Zero123DiffusionLoss(nn.Cell):
         return ops.mean((eps.astype(ms.float32) - noise) ** 2)
 
 
-def training_forward(loss_cell: nn.Cell):
-    """The forward core/train_step.py make_train_step takes: (*STEP_INPUTS tensors) -> (loss, aux = the loss)."""
-    def forward(*inputs):
-        loss = loss_cell(*inputs)
-        return loss, ops.stop_gradient(loss)
-    return forward
-
-
 def step_inputs(batch: dict[str, np.ndarray]) -> tuple:
     """Host arrays -> the loss cell's positional tensors (in STEP_INPUTS order)."""
-    missing = [k for k in STEP_INPUTS if k not in batch]
-    if missing:
-        raise KeyError(f"training batch lacks {missing}")
-    return tuple(ms.Tensor(np.ascontiguousarray(batch[k])) for k in STEP_INPUTS)
+    return batch_tensors(batch, STEP_INPUTS)
 
 
 # ---------------------------------------------------------------- initial weights

@@ -111,7 +111,31 @@ def load_frozen_models(ckpt_path: str, config_path: str, names=("unet", "vae"),
     return load_models(ckpt_path, model_params, names, use_fp16=True if half_precision else None), model_params
 
 
-class MultiviewDiffusionGuidance(nn.Cell):
+class ScheduledGuidance:
+    """Host side shared by the guidances (this one and zero123-guidance): `self.schedule` (GuidanceSchedule) anneals
+    the timestep range and the grad clip per step; the clip bound is written into `self.grad_clip_bound`, which the
+    compiled graph reads."""
+
+    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> None:
+        """Recompute min/max step (timestep annealing) and grad clip for `global_step`; draws nothing."""
+        self.schedule.update(global_step)
+        if self.use_grad_clip:
+            write_parameter(self.grad_clip_bound, np.float32(self.schedule.grad_clip_val))
+
+    @property
+    def grad_clip_val(self) -> Optional[float]:
+        return self.schedule.grad_clip_val
+
+    @property
+    def min_step(self) -> int:
+        return self.schedule.min_step
+
+    @property
+    def max_step(self) -> int:
+        return self.schedule.max_step
+
+
+class MultiviewDiffusionGuidance(ScheduledGuidance, nn.Cell):
     """construct(rgb (B,H,W,3), c2w (B,4,4), text_embeddings (2B,77,C) [cond x B, uncond x B],
     t (1,) int32, noise (B,4,h,w), vae_noise (B,4,h,w)) -> (loss_sds, grad_norm).
     B is a multiple of n_view (views of one object contiguous); grad_norm = ||grad|| of the per-latent
@@ -182,24 +206,6 @@ class MultiviewDiffusionGuidance(nn.Cell):
         return ("unet.", "vae.", "grad_clip_bound")
 
     # -- host side
-    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> None:
-        """Recompute min/max step (timestep annealing) and grad clip for `global_step`."""
-        self.schedule.update(global_step)
-        if self.use_grad_clip:
-            write_parameter(self.grad_clip_bound, np.float32(self.schedule.grad_clip_val))
-
-    @property
-    def grad_clip_val(self) -> Optional[float]:
-        return self.schedule.grad_clip_val
-
-    @property
-    def min_step(self) -> int:
-        return self.schedule.min_step
-
-    @property
-    def max_step(self) -> int:
-        return self.schedule.max_step
-
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the latents for image_size (first-stage downsampling from its config)."""
         from mindspore_impl.mvdream.first_stage import latent_shape

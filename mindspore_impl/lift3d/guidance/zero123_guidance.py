@@ -29,8 +29,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindspore_impl.core.parameters import write_parameter
-from mindspore_impl.lift3d.guidance.multiview_diffusion_guidance import (clip_grad, sds_grad, sjc_grad, sjc_perturb,
-                                                                        surrogate_loss)
+from mindspore_impl.lift3d.guidance.multiview_diffusion_guidance import (ScheduledGuidance, clip_grad, sds_grad,
+                                                                        sjc_grad, sjc_perturb, surrogate_loss)
 from mindspore_impl.mvdream.schedule import NoiseSchedule
 from neutral.lift3d.multiview_diffusion_guidance import GuidanceError, GuidanceSchedule  # noqa: F401 (re-exported)
 from neutral.lift3d.zero123_guidance import (Config, camera_T, check_config, default_image_size, reference_image,
@@ -47,7 +47,7 @@ def check_files(cfg: Config) -> tuple[str, str]:
     return ckpt, config_path
 
 
-class Zero123Guidance(nn.Cell):
+class Zero123Guidance(ScheduledGuidance, nn.Cell):
     """construct(rgb (B,H,W,3) in [0,1], T (B,4), t (B,) int32, noise (B,C,h,w), vae_noise (B,C,h,w))
     -> (loss, grad_norm); grad_norm = ||grad|| of the latent gradient before the loss's 1/B.
 
@@ -117,24 +117,6 @@ class Zero123Guidance(nn.Cell):
         clip_emb, latent = self.model.encode_reference(x)
         write_parameter(self.clip_embedding, clip_emb.asnumpy().astype(np.float32))
         write_parameter(self.ref_latent, latent.asnumpy().astype(np.float32))
-
-    def update_step(self, global_step: int, rng: Optional[np.random.Generator] = None) -> None:
-        """Timestep range (annealed min/max_step_percent) and grad clip for `global_step`; draws nothing."""
-        self.schedule.update(global_step)
-        if self.use_grad_clip:
-            write_parameter(self.grad_clip_bound, np.float32(self.schedule.grad_clip_val))
-
-    @property
-    def grad_clip_val(self) -> Optional[float]:
-        return self.schedule.grad_clip_val
-
-    @property
-    def min_step(self) -> int:
-        return self.schedule.min_step
-
-    @property
-    def max_step(self) -> int:
-        return self.schedule.max_step
 
     def latent_shape(self) -> tuple[int, int, int]:
         from mindspore_impl.mvdream.first_stage import latent_shape
