@@ -23,7 +23,8 @@ exclude the frozen guidance and prompt processor), the optimizer moments and ste
 (the numpy Generator every per-step random draw of a system must come from), and whatever
 `extra_state()` adds. Parameters are renamed `<module>.<path>` once at construction so names are
 unique across modules (graph mode and the optimizer require it) and readable in checkpoints.
-Systems: lift3d/systems/base.py (3D systems), mvdream/diffusion_system.py (multiview diffusion training).
+Systems: lift3d/systems/base.py (3D systems), core/diffusion_training.py (the diffusion-training systems' base),
+genvs/system.py.
 """
 from __future__ import annotations
 

@@ -41,10 +41,10 @@ from typing import Any, Optional
 import mindspore as ms
 import numpy as np
 
-from mindspore_impl.core.ema import EMA, ema_state, ema_weights, load_ema_state
-from mindspore_impl.core.checkpoint import CheckpointError, read_params, save_params
-from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
-from mindspore_impl.core.train_step import loss_forward
+from mindspore_impl.core.ema import ema_weights
+from mindspore_impl.core.checkpoint import CheckpointError, read_params
+from mindspore_impl.core.diffusion_training import DiffusionTrainingSystem
+from mindspore_impl.core.system import BaseSystemConfig
 from mindspore_impl.mvdream import loading
 from mindspore_impl.mvdream import lora as lora_lib
 from mindspore_impl.mvdream.first_stage import latent_shape
@@ -55,9 +55,6 @@ from neutral.mvdream.first_stage import downsample_of
 from neutral.mvdream.model_config import load_model_config
 from neutral.mvdream.tokenizer import require_tokenizer
 from neutral.registry import register
-
-SMOOTHING = 0.98  # loss_smooth = SMOOTHING * loss_smooth + (1 - SMOOTHING) * loss
-
 
 def init_weights(unet, text_encoder, seed: int, token_embedding_std: float = 0.02) -> None:
     """Upstream-like init on top of MindSpore's (torch-equal) Dense/Conv defaults: the layers the original
@@ -105,17 +102,14 @@ class MultiviewDiffusionSystemConfig(BaseSystemConfig):
 
 
 @register("mvdream-diffusion-system")
-class MultiviewDiffusionSystem(BaseSystem):
+class MultiviewDiffusionSystem(DiffusionTrainingSystem):
     Config = MultiviewDiffusionSystemConfig
-    # the loss cell holds the three models (saved under their own names); the EMA goes into extra_state
-    unsaved_modules = ("loss_cell", "ema")
     # launch.py: under msrun without a prompt list this system trains in data parallel
     data_parallel = True
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-            raise ConfigError(f"system.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
+        self.check_ema_decay()
         self.model_params = load_model_config(cfg.model_config)
         self.tokenizer = require_tokenizer(cfg.tokenizer)
         ms.set_seed(self.seed)  # the initial weights depend on the seed alone, not on what ran before
@@ -145,10 +139,8 @@ class MultiviewDiffusionSystem(BaseSystem):
             for p in self.text_encoder.get_parameters():
                 p.requires_grad = False
         self.trainable_keys = [k for k, p in self.named.items() if p.requires_grad]
-        self.ema = EMA([self.named[k] for k in self.trainable_keys], cfg.ema_decay) if cfg.ema_decay else None
-        self.loss_smooth: Optional[float] = None
+        self.start_training_state()
         self._tokens: dict[str, np.ndarray] = {}
-        self._step = None
         self._sampler = None
 
     def _configure_lora(self) -> Optional[lora_lib.LoRAConfig]:
@@ -204,17 +196,6 @@ class MultiviewDiffusionSystem(BaseSystem):
                 f"and system.model_config")
         return step_inputs({**batch, "tokens": self.tokens(batch["captions"])})
 
-    def training_step(self, batch: dict, global_step: int) -> dict[str, Any]:
-        if self._step is None:
-            self._step = self.make_train_step(loss_forward(self.loss_cell), jit=True if self.cfg.jit else None,
-                                              after_update=self.ema)
-        loss, _ = self._step(*self.step_tensors(batch))
-        value = float(loss.asnumpy())
-        if np.isfinite(value):
-            self.loss_smooth = value if self.loss_smooth is None else \
-                SMOOTHING * self.loss_smooth + (1.0 - SMOOTHING) * value
-        return {"loss": value, "loss_smooth": self.loss_smooth if self.loss_smooth is not None else value}
-
     # ----- evaluation: F sampled views of a prompt, side by side
 
     def sample_views(self, prompt: str, index: int) -> np.ndarray:
@@ -237,37 +218,28 @@ class MultiviewDiffusionSystem(BaseSystem):
 
     # ----- export and state
 
-    def export_arrays(self) -> dict[str, np.ndarray]:
-        """The model alone under the original prefixes; EMA weights in place of the trained ones when on."""
-        out = arrays_of(self.named)
-        out.update(ema_weights(self.ema, self.trainable_keys))
-        return out
-
     def export(self, out_dir: str) -> list[str]:
-        if self.lora_cfg is not None:
-            path = os.path.join(out_dir, "lora.safetensors")
-            adapters = {k: p for k, p in self.named.items() if k in set(self.trainable_keys)}
-            arrays = arrays_of(adapters)
-            arrays.update(ema_weights(self.ema, self.trainable_keys))
-            lora_lib.save_lora(path, arrays, self.lora_record())
-            return [path]
-        path = os.path.join(out_dir, "model.ckpt")
-        save_params(self.export_arrays(), path)
+        """model.ckpt (the base class); with LoRA the adapters alone (lora.safetensors with their record)."""
+        if self.lora_cfg is None:
+            return super().export(out_dir)
+        path = os.path.join(out_dir, "lora.safetensors")
+        adapters = {k: p for k, p in self.named.items() if k in set(self.trainable_keys)}
+        arrays = arrays_of(adapters)
+        arrays.update(ema_weights(self.ema, self.trainable_keys))
+        lora_lib.save_lora(path, arrays, self.lora_record())
         return [path]
 
     def extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = ema_state(self.ema, self.trainable_keys)
-        meta = {"loss_smooth": self.loss_smooth}
+        arrays, meta = super().extra_state()
         if self.lora_cfg is not None:
             meta["lora"] = {k: v for k, v in self.lora_record().items() if k != "step"}
         return arrays, meta
 
     def load_extra_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        load_ema_state(self.ema, self.trainable_keys, arrays)
+        super().load_extra_state(arrays, meta)
         if self.lora_cfg is not None or meta.get("lora") is not None:
             mine = None if self.lora_cfg is None else \
                 {k: v for k, v in self.lora_record().items() if k in ("mode", "rank", "alpha")}
             theirs = meta.get("lora") and {k: meta["lora"][k] for k in ("mode", "rank", "alpha")}
             if mine != theirs:
                 raise CheckpointError(f"the checkpoint's LoRA settings {theirs} differ from system.lora {mine}")
-        self.loss_smooth = meta.get("loss_smooth")

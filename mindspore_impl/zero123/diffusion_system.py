@@ -29,18 +29,16 @@ test video: an azimuth orbit sampled from the first eval pair's condition.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
 
 import mindspore_impl.zero123.data  # noqa: F401  (registers zero123-view-pairs-datamodule)
-from mindspore_impl.core.ema import EMA, ema_state, ema_weights, load_ema_state
-from mindspore_impl.core.checkpoint import read_params, save_params
-from mindspore_impl.core.system import BaseSystem, BaseSystemConfig
-from mindspore_impl.core.train_step import loss_forward
+from mindspore_impl.core.checkpoint import read_params
+from mindspore_impl.core.diffusion_training import DiffusionTrainingSystem
+from mindspore_impl.core.system import BaseSystemConfig
 from mindspore_impl.mvdream.first_stage import latent_shape
 from mindspore_impl.mvdream.schedule import NoiseSchedule
 from mindspore_impl.zero123 import loading
@@ -53,9 +51,6 @@ from neutral.mvdream.samplers import check_sampler
 from neutral.registry import register
 from neutral.zero123.model_config import first_stage_entry
 from neutral.zero123.training import NULL_CROSSATTN
-
-SMOOTHING = 0.98  # loss_smooth = SMOOTHING * loss_smooth + (1 - SMOOTHING) * loss
-
 
 def _default_optimizer() -> dict:
     # upstream's base_learning_rate 1e-4, every trained parameter at it; upstream's cc_projection at 10x is a
@@ -86,15 +81,12 @@ class Zero123DiffusionSystemConfig(BaseSystemConfig):
 
 
 @register("zero123-diffusion-system")
-class Zero123DiffusionSystem(BaseSystem):
+class Zero123DiffusionSystem(DiffusionTrainingSystem):
     Config = Zero123DiffusionSystemConfig
-    # the loss cell holds the model (saved as `model`); the EMA goes into extra_state
-    unsaved_modules = ("loss_cell", "ema")
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-            raise ConfigError(f"system.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
+        self.check_ema_decay()
         if cfg.null_crossattn not in NULL_CROSSATTN:
             raise ConfigError(f"system.null_crossattn must be one of {NULL_CROSSATTN}, got {cfg.null_crossattn!r}")
         try:
@@ -124,9 +116,7 @@ class Zero123DiffusionSystem(BaseSystem):
         self.loss_cell = Zero123DiffusionLoss(self.model, NoiseSchedule.from_config(self.model_params),
                                               cfg.null_crossattn, train_encoder)
         self.trainable_keys = [k for k, p in self.named.items() if p.requires_grad]
-        self.ema = EMA([self.named[k] for k in self.trainable_keys], cfg.ema_decay) if cfg.ema_decay else None
-        self.loss_smooth: Optional[float] = None
-        self._step = None
+        self.start_training_state()
         self._sampler = None
 
     def configure_optimizers(self):
@@ -155,17 +145,6 @@ class Zero123DiffusionSystem(BaseSystem):
                               f"data.model_config to system.model_config")
         return step_inputs(batch)
 
-    def training_step(self, batch: dict, global_step: int) -> dict[str, Any]:
-        if self._step is None:
-            self._step = self.make_train_step(loss_forward(self.loss_cell), jit=True if self.cfg.jit else None,
-                                              after_update=self.ema)
-        loss, _ = self._step(*self.step_tensors(batch))
-        value = float(loss.asnumpy())
-        if np.isfinite(value):
-            self.loss_smooth = value if self.loss_smooth is None else \
-                SMOOTHING * self.loss_smooth + (1.0 - SMOOTHING) * value
-        return {"loss": value, "loss_smooth": self.loss_smooth if self.loss_smooth is not None else value}
-
     # ----- evaluation
 
     def sample(self, cond: np.ndarray, T: np.ndarray, index: int) -> np.ndarray:
@@ -190,24 +169,3 @@ class Zero123DiffusionSystem(BaseSystem):
     def test_step(self, batch: dict, index: int) -> dict[str, np.ndarray]:
         sample = self.sample(batch["cond"], batch["T"], 0)[0]  # one seed for the whole orbit
         return {"condition": self._image(batch["cond"]), "sample": sample.astype(np.float32) / 255.0}
-
-    # ----- export and state
-
-    def export_arrays(self) -> dict[str, np.ndarray]:
-        """The model alone under its checkpoint names; EMA weights in place of the trained ones when on."""
-        out = {k: p.asnumpy() for k, p in self.named.items()}
-        out.update(ema_weights(self.ema, self.trainable_keys))
-        return out
-
-    def export(self, out_dir: str) -> list[str]:
-        path = os.path.join(out_dir, "model.ckpt")
-        save_params(self.export_arrays(), path)
-        return [path]
-
-    def extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = ema_state(self.ema, self.trainable_keys)
-        return arrays, {"loss_smooth": self.loss_smooth}
-
-    def load_extra_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        load_ema_state(self.ema, self.trainable_keys, arrays)
-        self.loss_smooth = meta.get("loss_smooth")
