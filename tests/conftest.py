@@ -35,21 +35,6 @@ def pytest_configure(config):
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-# The slowest files (from the suite's --durations), longest first. pytest.ini hands whole files to two workers in
-# collection order, so starting with these lets both workers finish together instead of one running a long file
-# alone at the end.
-SLOW_FILES = ("test_msrun.py", "test_zero123_training.py", "test_sliding_window.py", "test_reconstruction.py",
-              "test_papr_reconstruction.py", "test_deferred_step.py", "test_train_mvdiffusion.py",
-              "test_demo_model.py", "test_generated_views.py", "test_renderer_compaction.py", "test_genvs_system.py",
-              "test_bench_sds_step.py", "test_system_step_parity.py", "test_genvs_shipped.py", "test_papr_frames.py",
-              "test_image_to_3d.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))  # stable: file order kept
-
-
 def pytest_report_header(config):
     return f"devices: MindSpore {parity.ms_device()}, torch {parity.torch_device()}"
 
