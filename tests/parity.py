@@ -213,7 +213,7 @@ def in_fresh_interpreter(test_file: str, node: str, flag: str, timeout: int = 90
     if os.environ.get(flag) == "1":
         return True
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-n", "0",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
                            f"{os.path.abspath(test_file)}::{node}", f"--ms-device={ms_device()}",
                            f"--torch-device={_devices['torch']}"],
                           cwd=root, env={**os.environ, flag: "1"}, capture_output=True, text=True, timeout=timeout)

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_pytest(*options):
     """pytest on a small test file with the given options, in a fresh process (MindSpore sets its device once)."""
-    cmd = [sys.executable, "-m", "pytest", "tests/test_schedule.py", "-p", "no:cacheprovider", "-n", "0", *options]
+    cmd = [sys.executable, "-m", "pytest", "tests/test_schedule.py", "-p", "no:cacheprovider", *options]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
