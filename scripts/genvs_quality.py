@@ -2,6 +2,7 @@
 scenes of an SRN folder, for the denoiser's samples (single-view and autoregressive) and the feature render's RGB
 (the regression baseline).
 
+    python scripts/genvs_quality.py --data data/genvs_scenes --objects 8     # the shipped model (pretrained/demo-genvs)
     python scripts/genvs_quality.py --ckpt outputs/demo-genvs/<trial>/save/it800-export --data data/genvs_scenes \
         --objects 8 --out outputs/genvs_quality/demo.json
 

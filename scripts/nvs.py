@@ -1,13 +1,15 @@
 """Novel views from one image with a GeNVS model: an orbit sampled autoregressively (jfozard/genvs_unofficial
 sample_ar.py), written as frames, mp4, gif and a contact sheet.
 
+    python scripts/nvs.py --out outputs/nvs/orbit.mp4        # the shipped model (pretrained/demo-genvs) and example
     python scripts/nvs.py --ckpt outputs/demo-genvs/<trial>/save/it800-export --out outputs/nvs/orbit.mp4
     python scripts/nvs.py --image my.png --camera 20,0,2.2,40 --ckpt EXPORT --views 16 --sampler euler --steps 250
     python scripts/nvs.py --image data/genvs_scenes/scene_00999/rgb/000000.png --ckpt EXPORT     # SRN pose beside it
 
 --ckpt: an export of `launch.py --config configs/demo-genvs.yaml --train` (save/it<step>-export/: model.ckpt and
-config.yaml), loaded strictly. --image: RGB on white or RGBA (composited on white), square, the model's size or an
-integer multiple of it (box-averaged down); without it, examples/images/genvs_scene.png (see --write_example).
+config.yaml), loaded strictly; default: the shipped one, pretrained/demo-genvs. --image: RGB on white or RGBA
+(composited on white), square, the model's size or an integer multiple of it (box-averaged down); without it,
+examples/images/genvs_scene.png (see --write_example).
 --camera: the input's camera as elevation,azimuth,distance[,fovy] in degrees (looking at the origin, z up), or a
 pose file in the SRN layout (camera-to-world, OpenCV axes; inside an SRN object folder with its intrinsics).
 Default: the pose beside an image of an SRN folder (<object>/rgb/<name>.png -> <object>/pose/<name>.txt), else the

@@ -12,6 +12,7 @@ start_training_state(); it implements step_tensors(batch) -> the loss cell's inp
 from __future__ import annotations
 
 import os
+from abc import abstractmethod
 from typing import Any, Optional
 
 import numpy as np
@@ -41,8 +42,9 @@ class DiffusionTrainingSystem(BaseSystem):
         self.loss_smooth: Optional[float] = None
         self._step = None
 
+    @abstractmethod
     def step_tensors(self, batch: dict) -> tuple:
-        raise NotImplementedError
+        """A data-module batch -> the loss cell's positional inputs (ConfigError when it does not fit the model)."""
 
     def training_step(self, batch: dict, global_step: int) -> dict[str, Any]:
         if self._step is None:
