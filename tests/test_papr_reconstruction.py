@@ -2,7 +2,6 @@
 batches from a transforms.json folder, a fit through launch.py whose loss falls and held-out PSNR rises, pruning and
 growing that rebuild the compiled step without losing anything, exact resume from a checkpoint whose point capacity
 differs from a fresh build (across a prune and a grow), the point-cloud PLY export, and the config errors."""
-import json
 import os
 
 import imageio.v2 as imageio2
@@ -16,6 +15,7 @@ from neutral.config import ConfigError
 from neutral.lift3d.transforms_dataset import TransformsDataModule, pixel_rays
 from scripts.make_primitive_views import write_primitive_views
 from tests.parity import in_fresh_interpreter
+from tests.test_reconstruction import _metrics  # {step: every metric of that step}, shared with the NeRF fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny-papr-recon.yaml")
@@ -229,14 +229,6 @@ def _args(data_root, out, *extra):
             "system.geometry.prune_every=25", "system.geometry.prune_start=50", "system.geometry.prune_stop=76",
             "system.geometry.grow_every=25", "system.geometry.grow_start=50", "system.geometry.grow_stop=76",
             "system.geometry.grow_count=48", *extra]
-
-
-def _metrics(trial_root):
-    out = {}
-    with open(os.path.join(trial_root, "metrics.jsonl")) as f:
-        for row in map(json.loads, f):
-            out.setdefault(row["step"], {}).update(row)
-    return out
 
 
 def test_fit_resume_and_export_through_launch(tmp_path):
