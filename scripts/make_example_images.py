@@ -24,7 +24,8 @@ if ROOT not in sys.path:
 
 from mindspore_impl.mvdream.data import primitives as P  # noqa: E402
 
-EXAMPLES = (("red", "cube"), ("blue", "sphere"), ("green", "cylinder"), ("yellow", "cone"), ("orange", "torus"))
+EXAMPLES = (("red", "cube"), ("blue", "sphere"), ("green", "cylinder"), ("yellow", "cone"), ("orange", "torus"),
+            ("purple", "torus"))
 ELEVATION, AZIMUTH, RELATIVE_DISTANCE, FOVY = 15.0, 0.0, 0.9, 40.0
 
 

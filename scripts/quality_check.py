@@ -4,6 +4,10 @@ true primitive of the procedural dataset (mindspore_impl/mvdream/data/primitives
 
     python scripts/quality_check.py --ckpt pretrained/demo/model.ckpt --steps 300 --out outputs/quality
     python scripts/quality_check.py --trials outputs/demo/a_red_cube@... --out outputs/quality  # score finished runs
+    python scripts/quality_check.py --images examples/images/*_rgba.png --out outputs/quality-image  # image to 3D
+
+Image prompts run configs/demo-image-to-3d.yaml (the shipped Zero123 demo model) on each image; the object is
+read from the file name (red_cube_rgba.png -> "a red cube") and scored the same way.
 
 Per prompt ("a red cube" -> colour red, shape cube):
 - vol_iou: volumetric IoU of the exported mesh against the primitive on a 64^3 grid over [-0.6, 0.6]^3,
@@ -42,6 +46,7 @@ from mindspore_impl.mvdream.data import primitives as P  # noqa: E402
 
 DEFAULT_PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus")
 DEFAULT_CONFIG = "configs/demo.yaml"
+IMAGE_CONFIG = "configs/demo-image-to-3d.yaml"
 MODEL_NAME = "demo-mvdream"
 GRID_RES, GRID_BOUND = 64, 0.6
 VIEW_SIZE = 64
@@ -152,10 +157,18 @@ def colour_metrics(rgb: np.ndarray, mask: np.ndarray, colour: str, shading: np.n
 # ----------------------------------------------------------------------------- running the demo
 
 
-def check_checkpoint(path: Optional[str]) -> str:
-    """The demo checkpoint must exist; otherwise the guidance's message (how to train it)."""
+def check_checkpoint(path: Optional[str], image: bool = False) -> str:
+    """The demo checkpoint must exist; otherwise the guidance's message (how to get it)."""
     if path and os.path.isfile(path):
         return path
+    if image:
+        from neutral.errors import MissingFileError
+        from neutral.lift3d import zero123_guidance
+        cfg = zero123_guidance.Config(pretrained_model_name_or_path=path)
+        try:
+            zero123_guidance.check_files(cfg)
+        except MissingFileError as exc:
+            raise QualityCheckError(str(exc)) from None
     from neutral.lift3d.multiview_diffusion_guidance import missing_checkpoint_message
     raise QualityCheckError(missing_checkpoint_message(path, MODEL_NAME))
 
@@ -168,6 +181,18 @@ def check_prompt(prompt: str) -> tuple:
     return colour, shape
 
 
+def image_prompt(path: str) -> str:
+    """The object an example image shows, from its file name: '.../red_cube_rgba.png' -> 'a red cube'."""
+    if not os.path.isfile(path):
+        raise QualityCheckError(f"image {path!r} does not exist (the examples are examples/images/*_rgba.png)")
+    words = os.path.splitext(os.path.basename(path))[0].replace("-", "_").split("_")
+    colour, shape = P.parse_prompt(" ".join(words))
+    if colour is None or shape is None:
+        raise QualityCheckError(f"image {path!r}: its file name must name a colour ({', '.join(P.COLORS)}) and a "
+                                f"shape ({', '.join(P.SHAPES)}), e.g. red_cube_rgba.png, to score it")
+    return f"a {colour} {shape}"
+
+
 def canonical_batch(size: int = VIEW_SIZE) -> Dict[str, np.ndarray]:
     """The canonical views as an eval batch for system.render_eval (light at the camera, as the test orbit)."""
     cams = P.canonical_cameras(size)
@@ -177,23 +202,29 @@ def canonical_batch(size: int = VIEW_SIZE) -> Dict[str, np.ndarray]:
 
 
 def prompt_keys(config) -> tuple:
-    """(prompt key, checkpoint key) of a config: the SDS system's, or the generated-views data module's
-    (configs/demo-views2nerf.yaml: generate, then reconstruct). `config` is a path or a loaded config."""
+    """(prompt key, checkpoint key) of a config: the SDS system's, the generated-views data module's
+    (configs/demo-views2nerf.yaml: generate, then reconstruct), or the image-to-3D config's (the prompt is the
+    image path). `config` is a path or a loaded config."""
     from omegaconf import OmegaConf
     cfg = OmegaConf.load(config) if isinstance(config, str) else config
     if cfg.get("data_type") == "generated-views-datamodule":
         return "data.prompt", "data.ckpt_path"
+    if cfg.get("data_type") == "single-image-datamodule":
+        return "data.image_path", "system.guidance.pretrained_model_name_or_path"
     return "system.prompt_processor.prompt", "system.guidance.ckpt_path"
 
 
-def train_prompt(prompt: str, ckpt: str, steps: int, out: str, seed: int, config: str, mode: str,
+def train_prompt(prompt: str, ckpt: str, steps: Optional[int], out: str, seed: int, config: str, mode: str,
                  overrides: Sequence[str] = ()):
-    """launch.py --train in this process -> (trainer, seconds)."""
+    """launch.py --train in this process -> (trainer, seconds). `prompt` is the text, or the image path of an
+    image-to-3D config; steps None keeps the config's."""
     import launch
     prompt_key, ckpt_key = prompt_keys(config)
     argv = ["--config", config, "--train", "--mode", mode, "--seed", str(seed),
-            f"{prompt_key}={prompt}", f"{ckpt_key}={ckpt}",
-            f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps, 1)}", f"exp_root_dir={out}"] + list(overrides)
+            f"{prompt_key}={prompt}", f"{ckpt_key}={ckpt}", f"exp_root_dir={out}"]
+    if steps is not None:
+        argv += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps, 1)}"]
+    argv += list(overrides)
     start = time.time()
     trainer = launch.main(argv)
     return trainer, time.time() - start
@@ -218,21 +249,25 @@ def evaluate(trainer, prompt: str) -> Dict:
     return row
 
 
-def run(prompts: Sequence[str], ckpt: str, steps: int, out: str, seed: int, config: str = DEFAULT_CONFIG,
-        mode: str = "graph", overrides: Sequence[str] = ()) -> list:
-    check_checkpoint(ckpt)
-    for p in prompts:
-        check_prompt(p)
+def run(prompts: Sequence[str], ckpt: str, steps: Optional[int], out: str, seed: int, config: str = DEFAULT_CONFIG,
+        mode: str = "graph", overrides: Sequence[str] = (), images: Sequence[str] = ()) -> list:
+    """Train and score each prompt, or each image with an image-to-3D config (then `prompts` is unused)."""
+    check_checkpoint(ckpt, image=bool(images))
+    jobs = [(image_prompt(path), path) for path in images] if images else [(p, p) for p in prompts]
+    for prompt, _ in jobs:
+        check_prompt(prompt)
     rows = []
-    for prompt in prompts:
+    for prompt, value in jobs:
         try:
-            trainer, seconds = train_prompt(prompt, ckpt, steps, out, seed, config, mode, overrides)
+            trainer, seconds = train_prompt(value, ckpt, steps, out, seed, config, mode, overrides)
         except ValueError as exc:  # e.g. export found no surface: the run is scored as a failure
             print(f"[{prompt}] failed: {exc}")
             rows.append({"prompt": prompt, "error": str(exc), "vol_iou": 0.0, "sil_iou": 0.0,
                          "colour_err": float("nan"), "right_colour": False})
             continue
         row = evaluate(trainer, prompt)
+        if images:
+            row["image"] = value
         row["seconds"] = round(seconds, 1)
         losses = trainer_losses(trainer.trial.root)
         if losses:
@@ -254,6 +289,8 @@ def evaluate_trials(trials: Sequence[str], out: str, mode: str = "graph") -> lis
             raise QualityCheckError(f"{trial} is not a finished trial folder (needs configs/parsed.yaml and ckpts/last.ckpt)")
         cfg = OmegaConf.load(parsed)
         prompt = str(OmegaConf.select(cfg, prompt_keys(cfg)[0]))
+        if cfg.get("data_type") == "single-image-datamodule":
+            prompt = image_prompt(prompt)
         check_prompt(prompt)
         trainer = launch.main(["--config", parsed, "--export", "--mode", mode, f"resume={last}", f"exp_root_dir={out}"])
         row = evaluate(trainer, prompt)
@@ -302,11 +339,15 @@ def format_table(rows: list) -> str:
 def main(argv: Optional[list] = None) -> list:
     p = argparse.ArgumentParser(description="score demo text-to-3D results against the true primitives")
     p.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS))
-    p.add_argument("--ckpt", default="pretrained/demo/model.ckpt")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--images", nargs="+", default=None,
+                   help="image to 3D instead: RGBA images named <colour>_<shape>..., e.g. examples/images/*_rgba.png "
+                        f"(default config {IMAGE_CONFIG}, default model the shipped demo Zero123)")
+    p.add_argument("--ckpt", default=None,
+                   help="the demo model: pretrained/demo/model.ckpt (text), pretrained/demo-zero123/model.ckpt (images)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 300 for text, the config's for images)")
     p.add_argument("--out", default="outputs/quality")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--config", default=None, help=f"default {DEFAULT_CONFIG}, or {IMAGE_CONFIG} with --images")
     p.add_argument("--mode", default="graph", choices=("graph", "pynative"))
     p.add_argument("--trials", nargs="+", default=None,
                    help="score these finished launch.py trial folders instead of training (prompts from their configs)")
@@ -315,8 +356,13 @@ def main(argv: Optional[list] = None) -> list:
     args = p.parse_args(argv)
     if args.trials:
         rows = evaluate_trials(args.trials, args.out, args.mode)
+    elif args.images:
+        from neutral.lift3d.zero123_guidance import DEMO_CHECKPOINT
+        rows = run((), args.ckpt or DEMO_CHECKPOINT, args.steps, args.out, args.seed, args.config or IMAGE_CONFIG,
+                   args.mode, args.set, images=args.images)
     else:
-        rows = run(args.prompts, args.ckpt, args.steps, args.out, args.seed, args.config, args.mode, args.set)
+        rows = run(args.prompts, args.ckpt or "pretrained/demo/model.ckpt", 300 if args.steps is None else args.steps,
+                   args.out, args.seed, args.config or DEFAULT_CONFIG, args.mode, args.set)
     print(format_table(rows))
     for path in write_results(rows, args.out):
         print(f"wrote {path}")

@@ -311,3 +311,25 @@ def test_train_test_export_resume(tiny):
     diff = max(float(np.abs(a_full[k].astype(np.float64) - a_res[k]).max()) for k in a_full)
     assert diff == 0.0 and meta_full["system"]["rng"] == meta_res["system"]["rng"]
     assert meta_full["data"] == meta_res["data"]
+
+
+def test_quality_check_scores_an_image_run(tiny, tmp_path):
+    """scripts/quality_check.py --images trains on each image with the image-to-3D config and scores the object its
+    file name names (here 1 step of the tiny config: the row is complete, not good)."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import quality_check as Q
+    dst = tiny[0]
+    image = os.path.join(ROOT, "examples", "images", "red_cube_rgba.png")
+    out = tmp_path / "q"
+    rows = Q.main(["--images", image, "--config", TINY, "--ckpt", dst, "--steps", "1", "--out", str(out), "--mode",
+                   "pynative", "--set",
+                   "data.random_camera.batch_size=1", "system.renderer.num_samples_per_ray=8",
+                   "data.random_camera.n_test_views=1", "checkpoint.every_n_train_steps=0"])
+    print(rows)
+    (row,) = rows
+    assert row["prompt"] == "a red cube" and row["image"] == image and "error" not in row
+    assert 0.0 <= row["vol_iou"] <= 1.0 and 0.0 <= row["sil_iou"] <= 1.0 and len(row["sil_iou_views"]) == 4
+    assert np.isfinite(row["colour_err"]) and row["nearest"] is not None
+    with open(out / "quality.csv") as f:
+        assert f.readline().startswith("prompt,vol_iou,sil_iou") and "a red cube" in f.readline()

@@ -127,3 +127,27 @@ def test_bad_prompt_is_rejected():
     with pytest.raises(Q.QualityCheckError, match="must name a colour"):
         Q.check_prompt("an astronaut riding a horse")
     assert Q.check_prompt("a purple torus") == ("purple", "torus")
+
+
+def test_image_prompt_reads_the_object_from_the_file_name(tmp_path):
+    assert Q.image_prompt("examples/images/purple_torus_rgba.png") == "a purple torus"
+    assert Q.image_prompt("examples/images/red_cube_rgba.png") == "a red cube"
+    odd = tmp_path / "my_object.png"
+    odd.write_bytes(b"")
+    with pytest.raises(Q.QualityCheckError, match="must name a colour"):
+        Q.image_prompt(str(odd))
+    with pytest.raises(Q.QualityCheckError, match="does not exist"):
+        Q.image_prompt(str(tmp_path / "red_cube.png"))
+    assert Q.prompt_keys("configs/demo-image-to-3d.yaml") == (
+        "data.image_path", "system.guidance.pretrained_model_name_or_path")
+
+
+def test_missing_image_model_says_how_to_restore_it(tmp_path):
+    missing = str(tmp_path / "pretrained" / "demo-zero123" / "model.ckpt")
+    with pytest.raises(Q.QualityCheckError) as err:
+        Q.main(["--images", "examples/images/red_cube_rgba.png", "--ckpt", missing, "--out", str(tmp_path / "q")])
+    msg = str(err.value)
+    print(msg)
+    assert missing in msg and "git checkout -- pretrained/demo-zero123/model.ckpt" in msg
+    assert "configs/demo-zero123-training.yaml --train" in msg
+    assert not (tmp_path / "q").exists()

@@ -25,7 +25,7 @@ DEMO_MODEL = os.path.join(ROOT, "configs", "demo-zero123-model.yaml")
 DEMO_TRAINING = os.path.join(ROOT, "configs", "demo-zero123-training.yaml")
 DEMO_3D = os.path.join(ROOT, "configs", "demo-image-to-3d.yaml")
 EXAMPLES = os.path.join(ROOT, "examples", "images")
-EXAMPLE_NAMES = ["red_cube", "blue_sphere", "green_cylinder", "yellow_cone", "orange_torus"]
+EXAMPLE_NAMES = ["red_cube", "blue_sphere", "green_cylinder", "yellow_cone", "orange_torus", "purple_torus"]
 DATASET_ARGS = ["--views", "random", "--num_objects", "6", "--size", "8", "--n_view", "4", "--supersample", "1",
                 "--seed", "0"]
 

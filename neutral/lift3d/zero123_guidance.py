@@ -28,6 +28,7 @@ from neutral.zero123.camera import relative_camera_T
 
 GUIDANCE_MODES = ("sds", "sjc")
 DEFAULT_MODEL_CONFIG = "configs/sd-objaverse-finetune-c_concat-256.yaml"
+DEMO_CHECKPOINT = "pretrained/demo-zero123/model.ckpt"  # the shipped demo model (configs/demo-image-to-3d.yaml)
 
 
 @dataclass
@@ -73,6 +74,11 @@ def check_files(cfg: Config) -> tuple[str, str]:
     if not ckpt or not os.path.isfile(ckpt):
         where = (f"the Zero123 checkpoint {ckpt!r} does not exist" if ckpt else
                  "no Zero123 checkpoint given (system.guidance.pretrained_model_name_or_path is null)")
+        if ckpt and os.path.normpath(ckpt).endswith(os.path.normpath(DEMO_CHECKPOINT)):
+            raise MissingFileError(f"{where}; it ships with the repository: restore it with git checkout -- "
+                                   f"{DEMO_CHECKPOINT} (or retrain it: python launch.py --config "
+                                   "configs/demo-zero123-training.yaml --train, then cp outputs/demo-zero123-training/"
+                                   f"<trial>/save/it6000-export/model.ckpt {ckpt})")
         raise MissingFileError(f"{where}; convert the original zero123-xl.ckpt (https://zero123.cs.columbia.edu/"
                                "assets/zero123-xl.ckpt) once with: python -m convert.zero123 --src zero123-xl.ckpt "
                                "--dst zero123-xl-ms.ckpt, then set system.guidance.pretrained_model_name_or_path")
