@@ -78,7 +78,7 @@ def check_files(cfg: Config) -> tuple[str, str]:
             raise MissingFileError(f"{where}; it ships with the repository: restore it with git checkout -- "
                                    f"{DEMO_CHECKPOINT} (or retrain it: python launch.py --config "
                                    "configs/demo-zero123-training.yaml --train, then cp outputs/demo-zero123-training/"
-                                   f"<trial>/save/it6000-export/model.ckpt {ckpt})")
+                                   f"<trial>/save/it4000-export/model.ckpt {ckpt})")
         raise MissingFileError(f"{where}; convert the original zero123-xl.ckpt (https://zero123.cs.columbia.edu/"
                                "assets/zero123-xl.ckpt) once with: python -m convert.zero123 --src zero123-xl.ckpt "
                                "--dst zero123-xl-ms.ckpt, then set system.guidance.pretrained_model_name_or_path")
