@@ -162,13 +162,8 @@ def check_checkpoint(path: Optional[str], image: bool = False) -> str:
     if path and os.path.isfile(path):
         return path
     if image:
-        from neutral.errors import MissingFileError
-        from neutral.lift3d import zero123_guidance
-        cfg = zero123_guidance.Config(pretrained_model_name_or_path=path)
-        try:
-            zero123_guidance.check_files(cfg)
-        except MissingFileError as exc:
-            raise QualityCheckError(str(exc)) from None
+        from neutral.lift3d.zero123_guidance import missing_checkpoint_message
+        raise QualityCheckError(missing_checkpoint_message(path))
     from neutral.lift3d.multiview_diffusion_guidance import missing_checkpoint_message
     raise QualityCheckError(missing_checkpoint_message(path, MODEL_NAME))
 

@@ -67,21 +67,26 @@ def check_config(cfg: Config) -> str:
     return cfg.guidance_mode
 
 
+def missing_checkpoint_message(ckpt: Optional[str]) -> str:
+    """One line: which Zero123 checkpoint is missing and how to get it (the shipped demo model: git checkout or
+    retrain; otherwise: convert the original zero123-xl.ckpt)."""
+    where = (f"the Zero123 checkpoint {ckpt!r} does not exist" if ckpt else
+             "no Zero123 checkpoint given (system.guidance.pretrained_model_name_or_path is null)")
+    if ckpt and os.path.normpath(ckpt).endswith(os.path.normpath(DEMO_CHECKPOINT)):
+        return (f"{where}; it ships with the repository: restore it with git checkout -- {DEMO_CHECKPOINT} (or "
+                "retrain it: python launch.py --config configs/demo-zero123-training.yaml --train, then cp "
+                f"outputs/demo-zero123-training/<trial>/save/it4000-export/model.ckpt {ckpt})")
+    return (f"{where}; convert the original zero123-xl.ckpt (https://zero123.cs.columbia.edu/assets/zero123-xl.ckpt) "
+            "once with: python -m convert.zero123 --src zero123-xl.ckpt --dst zero123-xl-ms.ckpt, then set "
+            "system.guidance.pretrained_model_name_or_path")
+
+
 def check_files(cfg: Config) -> tuple[str, str]:
     """(checkpoint, model YAML) after checking both exist and the reference image reads (one-line errors)."""
     from neutral.errors import MissingFileError
     ckpt = cfg.pretrained_model_name_or_path
     if not ckpt or not os.path.isfile(ckpt):
-        where = (f"the Zero123 checkpoint {ckpt!r} does not exist" if ckpt else
-                 "no Zero123 checkpoint given (system.guidance.pretrained_model_name_or_path is null)")
-        if ckpt and os.path.normpath(ckpt).endswith(os.path.normpath(DEMO_CHECKPOINT)):
-            raise MissingFileError(f"{where}; it ships with the repository: restore it with git checkout -- "
-                                   f"{DEMO_CHECKPOINT} (or retrain it: python launch.py --config "
-                                   "configs/demo-zero123-training.yaml --train, then cp outputs/demo-zero123-training/"
-                                   f"<trial>/save/it4000-export/model.ckpt {ckpt})")
-        raise MissingFileError(f"{where}; convert the original zero123-xl.ckpt (https://zero123.cs.columbia.edu/"
-                               "assets/zero123-xl.ckpt) once with: python -m convert.zero123 --src zero123-xl.ckpt "
-                               "--dst zero123-xl-ms.ckpt, then set system.guidance.pretrained_model_name_or_path")
+        raise MissingFileError(missing_checkpoint_message(ckpt))
     if not os.path.isfile(cfg.pretrained_config):
         raise MissingFileError(f"the Zero123 model config {cfg.pretrained_config!r} does not exist (the original "
                                f"YAML, e.g. {DEFAULT_MODEL_CONFIG})")
