@@ -127,6 +127,7 @@ def test_loads_text_encoder_from_checkpoint_only_on_a_miss(tokenizer_dir, tmp_pa
     first = find("mvdream-prompt-processor")(cfg)
     out1 = first()
     assert first.encoder_calls == 2 and out1.text_embeddings.shape == (1, 77, 32)
+    assert first._encode_fn is None  # the loaded text tower is freed once the texts are encoded
     second = pp.PromptProcessor(cfg)
     out2 = second()
     assert second.encoder_calls == 0 and second._encode_fn is None  # text encoder never built
@@ -136,6 +137,11 @@ def test_loads_text_encoder_from_checkpoint_only_on_a_miss(tokenizer_dir, tmp_pa
     third = pp.PromptProcessor(cfg)
     third()
     assert third.encoder_calls == 2
+    # a text the cache misses later (another prompt) reloads the freed tower
+    third.cfg.prompt = third.prompt = PROMPT + ", side view"
+    np.testing.assert_array_equal(third().text_embeddings, pp.PromptProcessor({**cfg, "prompt": third.prompt})()
+                                  .text_embeddings)
+    assert third.encoder_calls == 3
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -173,6 +173,7 @@ class PromptProcessor:
         self.prompt = check_prompt(self.cfg.prompt)
         self.negative_prompt = self.cfg.negative_prompt.strip() if self.cfg.negative_prompt else ""
         self._encode_fn = encode_fn
+        self._injected = encode_fn is not None
         if encode_fn is not None:
             if model_identity is None:
                 raise PromptError("an injected encode_fn needs a model_identity "
@@ -252,6 +253,8 @@ class PromptProcessor:
         if missing:
             new = np.asarray(self._encoder()(missing), dtype=np.float32)
             self.encoder_calls += len(missing)
+            if not self._injected:
+                self._encode_fn = None  # the loaded text tower (1.4 GB at full size) is freed; a later miss reloads it
             for t, e in zip(missing, new):
                 found[t] = e
                 if self.cfg.use_cache:

@@ -242,6 +242,11 @@ class MultiviewDiffusionGuidance(ScheduledGuidance, nn.Cell):
     def latent_loss(self, latents, c2w, text_embeddings, t, noise):
         """The loss as a function of the encoded latents (B,4,h,w) -> (loss, grad norm); its gradient w.r.t. the
         latents is the distillation gradient / B (the UNet runs without gradient)."""
+        grad, grad_norm = self.distillation_grad(latents, c2w, text_embeddings, t, noise)
+        return surrogate_loss(latents, grad, latents.shape[0]), grad_norm
+
+    def distillation_grad(self, latents, c2w, text_embeddings, t, noise):
+        """The distillation gradient w.r.t. the latents (B,4,h,w), a constant of the graph -> (grad, its norm)."""
         b = latents.shape[0]
         y = ops.stop_gradient(latents)
         camera = ops.stop_gradient(camera_condition(c2w))
@@ -266,11 +271,9 @@ class MultiviewDiffusionGuidance(ScheduledGuidance, nn.Cell):
                 grad = sds_grad(a_t, e, noise)
         if self.use_grad_clip:
             grad = clip_grad(grad, self.grad_clip_bound)
+        # x0 mode without clipping: the surrogate equals 0.5 * sum((latents - sg(x0))^2) / B, value included
         grad = ops.stop_gradient(grad)
-        # x0 mode without clipping: equals 0.5 * sum((latents - sg(x0))^2) / B, value included
-        loss = surrogate_loss(latents, grad, b)
-        grad_norm = ops.sqrt((grad * grad).sum())
-        return loss, grad_norm
+        return grad, ops.sqrt((grad * grad).sum())
 
 
 register("multiview-diffusion-guidance")(MultiviewDiffusionGuidance)

@@ -29,6 +29,7 @@ from mindspore import ops
 
 from mindspore_impl.core.checkpoint import CheckpointError
 from mindspore_impl.core.train_step import apply_gradients
+from mindspore_impl.lift3d.guidance.multiview_diffusion_guidance import surrogate_loss
 from mindspore_impl.lift3d.losses import (REGULARIZERS, composite_background, image_regularizers, lit_pixel_count,
                                           orient_sum, regularizer_losses)
 from mindspore_impl.lift3d.systems.base import BaseLift3DSystem, BaseLift3DSystemConfig
@@ -378,12 +379,20 @@ class MVDreamSystem(BaseLift3DSystem):
             surrogate, aux = self.maps_objective(*inputs)
             return surrogate * scale, aux
 
+        def latent_grad(latents, c2w, text_embeddings, t, noise):
+            # the surrogate's gradient in closed form, so the UNet never runs under a gradient tape (in PyNative a
+            # value_and_grad call kept the UNet's activations: out of memory at stage 1 of mvdream-sd21.yaml)
+            grad, grad_norm = guidance.distillation_grad(latents, c2w, text_embeddings, t, noise)
+            b = latents.shape[0]
+            d_latents = (latents - ops.stop_gradient(latents - grad)) / b
+            return (surrogate_loss(latents, grad, b), grad_norm), d_latents
+
         def update(grads, loss):
             return apply_gradients(opt, grads, loss, clip, scale)
 
         self._steps[key] = {
             "rgb": compile_fn(rgb), "encode": guidance_compile(encode),
-            "latent_grad": guidance_compile(ms.value_and_grad(guidance.latent_loss, 0, None, has_aux=True)),
+            "latent_grad": guidance_compile(latent_grad),
             "encode_vjp": guidance_compile(ms.grad(encode_projection, 0)),
             "maps_grad": compile_fn(ms.value_and_grad(scaled_maps_objective, 0, None, has_aux=True)),
             "update": compile_fn(update)}
