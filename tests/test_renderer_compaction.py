@@ -2,7 +2,8 @@
 samples of a ray chunk are compacted into a fixed-size buffer, the field runs on the buffer only, and the results
 are scattered back. With a buffer that holds every occupied sample the render equals the dense one (outputs and
 parameter gradients, PyNative and GRAPH, MindSpore and torch_ref); a deferred training step whose samples overflow
-its bucket renders again with the next bucket and loses nothing."""
+its bucket renders again with the next bucket and loses nothing, and its chunks shuffle the rays so each holds about
+the mean occupancy."""
 import copy
 
 import mindspore as ms
@@ -127,6 +128,19 @@ def test_deferred_step_overflow_takes_the_next_bucket(tiny, capsys):
     assert_parity(np.float32(compact["loss"]), np.float32(dense["loss"]), "loss, compacted vs dense", rel=1e-5)
     for name, value in results["dense"][1].items():
         assert_parity(results["compacted"][1][name], value, f"updated {name}, compacted vs dense")
+
+    # the step's chunks shuffle the rays: each holds about the mean occupancy, so the bucket follows the mean. In
+    # image order, chunks of a quarter view through the object's middle hold about twice the mean
+    system.cfg.render_chunk_rays = 64
+    occupied = {}
+    for shuffle in (True, False):
+        system._bucket_index = 3  # holds every sample: no second render
+        chunks, _, _ = system._ray_chunks(inputs, shuffle)
+        occupied[shuffle] = system._render_chunks(inputs["shading"], chunks)[2][:, 0]
+    print("occupied samples per chunk: shuffled", occupied[True], "image order", occupied[False])
+    assert occupied[True].sum() == occupied[False].sum()
+    assert occupied[True].max() <= 1.5 * occupied[True].mean()
+    assert occupied[False].max() >= 1.75 * occupied[False].mean()
 
 
 def test_chunked_eval_render_with_buckets_equals_dense():
