@@ -18,6 +18,16 @@ from mindspore_impl.core.parameters import write_parameter
 EMA_PREFIX = "ema."
 
 
+_HYPER_MAP = ops.HyperMap()
+_ema_update = ops.MultitypeFuncGraph("ema_update")
+
+
+@_ema_update.register("Number", "Tensor", "Tensor")
+def _tensor_ema_update(decay, shadow, param):
+    ops.assign(shadow, shadow * decay + param * (1.0 - decay))
+    return True
+
+
 class EMA(nn.Cell):
     """ema = decay * ema + (1 - decay) * p for each parameter. Called with no arguments after each optimizer update
     (core/train_step.py make_train_step(..., after_update=ema))."""
@@ -31,9 +41,8 @@ class EMA(nn.Cell):
         self.decay = float(decay)
 
     def construct(self):
-        for i in range(len(self.shadow)):
-            ops.assign(self.shadow[i], self.shadow[i] * self.decay + self.params[i] * (1.0 - self.decay))
-        return self.decay
+        # one sub-graph mapped over the weights (a Python loop compiles several times slower)
+        return ops.depend(self.decay, _HYPER_MAP(ops.partial(_ema_update, self.decay), self.shadow, self.params))
 
 
 def ema_weights(ema: Optional[EMA], keys: Sequence[str]) -> dict[str, np.ndarray]:

@@ -32,6 +32,36 @@ _DEFAULTS = {
 }
 
 
+_HYPER_MAP = ops.HyperMap()
+_all_finite = ops.MultitypeFuncGraph("all_finite")
+_adam_update = ops.MultitypeFuncGraph("torch_adam_update")
+
+
+@_all_finite.register("Tensor")
+def _tensor_all_finite(x):
+    return ops.isfinite(x).all()
+
+
+@_adam_update.register("Bool", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor", "Number", "Number",
+                       "Tensor", "Tensor", "Tensor", "Tensor")
+def _tensor_adam_update(decoupled, beta1, beta2, eps, finite, bias1, bias2_sqrt, lr, wd, p, m, v, grad):
+    """One parameter's update (torch's single-tensor Adam / AdamW), kept as it was when `finite` is False."""
+    g = ops.cast(grad, p.dtype)
+    p_new = p
+    if wd != 0.0:
+        if decoupled:
+            p_new = p * (1.0 - lr * wd)
+        else:
+            g = g + wd * p
+    m_new = m * beta1 + g * (1.0 - beta1)
+    v_new = v * beta2 + g * g * (1.0 - beta2)
+    denom = ops.sqrt(v_new) / bias2_sqrt + eps
+    ops.assign(m, ops.where(finite, m_new, m))
+    ops.assign(v, ops.where(finite, v_new, v))
+    ops.assign(p, ops.where(finite, p_new - (lr / bias1) * (m_new / denom), p))
+    return True
+
+
 class TorchAdam(nn.Cell):
     """Adam (decoupled=False) or AdamW (decoupled=True) over parameter groups.
 
@@ -73,23 +103,11 @@ class TorchAdam(nn.Cell):
         t = ops.cast(ops.maximum(step, 1), ms.float32)  # a skip at step 0 must not divide by 1 - b^0 = 0
         bias1 = 1.0 - ops.pow(ms.Tensor(self.beta1, ms.float32), t)
         bias2_sqrt = ops.sqrt(1.0 - ops.pow(ms.Tensor(self.beta2, ms.float32), t))
-        for i in range(len(self.lrs)):
-            p, m, v = self.parameters[i], self.exp_avg[i], self.exp_avg_sq[i]
-            g = ops.cast(grads[i], p.dtype)
-            lr, wd = self.lrs[i], self.wds[i]
-            p_new = p
-            if wd != 0.0:
-                if self.decoupled:
-                    p_new = p * (1.0 - lr * wd)
-                else:
-                    g = g + wd * p
-            m_new = m * self.beta1 + g * (1.0 - self.beta1)
-            v_new = v * self.beta2 + g * g * (1.0 - self.beta2)
-            denom = ops.sqrt(v_new) / bias2_sqrt + self.eps
-            ops.assign(m, ops.where(finite, m_new, m))
-            ops.assign(v, ops.where(finite, v_new, v))
-            ops.assign(p, ops.where(finite, p_new - (lr / bias1) * (m_new / denom), p))
-        return step
+        # one sub-graph mapped over the parameters: a Python loop compiled about 5x slower (188 parameters: 32 s)
+        done = _HYPER_MAP(ops.partial(_adam_update, self.decoupled, self.beta1, self.beta2, self.eps, finite, bias1,
+                                      bias2_sqrt),
+                          self.lrs, self.wds, self.parameters, self.exp_avg, self.exp_avg_sq, tuple(grads))
+        return ops.depend(step, done)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Optimizer state as name -> array (moments and step count; not the parameters themselves)."""
@@ -105,7 +123,7 @@ class TorchAdam(nn.Cell):
 
 def all_finite(tensors) -> ms.Tensor:
     """A bool scalar: every element of every tensor is finite (no NaN, no inf)."""
-    return ops.stack([ops.isfinite(x).all() for x in tensors]).all()
+    return ops.stack(_HYPER_MAP(_all_finite, tuple(tensors))).all()
 
 
 def _number(value: Any, key: str, lo: float = 0.0, hi: float = math.inf, open_hi: bool = False) -> float:
