@@ -41,7 +41,7 @@ class EMA(nn.Cell):
         self.decay = float(decay)
 
     def construct(self):
-        # one sub-graph mapped over the weights (a Python loop compiles several times slower)
+        # one sub-graph mapped over the weights: a Python loop compiles slower (core/optim.py)
         return ops.depend(self.decay, _HYPER_MAP(ops.partial(_ema_update, self.decay), self.shadow, self.params))
 
 

@@ -103,7 +103,8 @@ class TorchAdam(nn.Cell):
         t = ops.cast(ops.maximum(step, 1), ms.float32)  # a skip at step 0 must not divide by 1 - b^0 = 0
         bias1 = 1.0 - ops.pow(ms.Tensor(self.beta1, ms.float32), t)
         bias2_sqrt = ops.sqrt(1.0 - ops.pow(ms.Tensor(self.beta2, ms.float32), t))
-        # one sub-graph mapped over the parameters: a Python loop compiled about 5x slower (188 parameters: 32 s)
+        # one sub-graph mapped over the parameters: with a Python loop here and in all_finite, the tiny
+        # multiview-diffusion step (188 parameters) compiled in 45 s instead of 15 (docs/architecture.md)
         done = _HYPER_MAP(ops.partial(_adam_update, self.decoupled, self.beta1, self.beta2, self.eps, finite, bias1,
                                       bias2_sqrt),
                           self.lrs, self.wds, self.parameters, self.exp_avg, self.exp_avg_sq, tuple(grads))
