@@ -23,32 +23,44 @@ def run_pytest(*options):
 
 
 def bad_devices():
+    """(option, expected texts of the one error line, run through pytest in a subprocess?). One unusable device per
+    option goes through pytest's command line (the usage error, nothing collected); the others check the same
+    message in this process (tests/parity.py check_ms_device / check_torch_device, what conftest reports)."""
     cases = [(("--ms-device", "TPU"), ["--ms-device TPU: not a MindSpore device", "use one of CPU, Ascend, GPU",
-                                       f"this MindSpore {ms.__version__} found: CPU"]),
+                                       f"this MindSpore {ms.__version__} found: CPU"], True),
              (("--torch-device", "tpu"), ["--torch-device tpu: not a torch device", "use cpu or cuda",
-                                          f"torch {torch.__version__} found: cpu"])]
+                                          f"torch {torch.__version__} found: cpu"], True)]
     for device in ("Ascend", "GPU"):
         cases.append(pytest.param(("--ms-device", device), [f"--ms-device {device}: this MindSpore {ms.__version__} "
-                                                            f"has no {device} backend", "(found: CPU"],
+                                                            f"has no {device} backend", "(found: CPU"], False,
                                   marks=pytest.mark.skipif(device in available_devices(),
                                                            reason=f"this MindSpore has {device}")))
     cases.append(pytest.param(("--torch-device", "cuda"), ["--torch-device cuda: torch", "found no CUDA device",
-                                                           "use --torch-device cpu"],
+                                                           "use --torch-device cpu"], False,
                               marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")))
     return cases
 
 
-@pytest.mark.parametrize("option, expected", bad_devices())
-def test_unusable_device_is_a_one_line_usage_error(option, expected):
-    proc = run_pytest(*option)
-    out = proc.stdout + proc.stderr
-    print(out)
-    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, out
-    errors = [line for line in out.splitlines() if line.startswith("ERROR: ")]
-    assert len(errors) == 1, out
+@pytest.mark.parametrize("option, expected, through_pytest", bad_devices())
+def test_unusable_device_is_a_one_line_usage_error(option, expected, through_pytest):
+    if through_pytest:
+        proc = run_pytest(*option)
+        out = proc.stdout + proc.stderr
+        print(out)
+        assert proc.returncode == pytest.ExitCode.USAGE_ERROR, out
+        errors = [line for line in out.splitlines() if line.startswith("ERROR: ")]
+        assert len(errors) == 1, out
+        assert "Traceback" not in out and "passed" not in out  # nothing ran
+        line = errors[0]
+    else:
+        check = parity.check_ms_device if option[0] == "--ms-device" else parity.check_torch_device
+        with pytest.raises(parity.DeviceOptionError) as err:
+            check(option[1])
+        line = str(err.value)
+        print(line)
+        assert "\n" not in line
     for text in expected:
-        assert text in errors[0], f"{text!r} not in {errors[0]!r}"
-    assert "Traceback" not in out and "passed" not in out  # nothing ran
+        assert text in line, f"{text!r} not in {line!r}"
 
 
 def test_explicit_default_devices_run_the_tests():
