@@ -100,11 +100,11 @@ def _args(data_root, out, *extra):
             "checkpoint.every_n_train_steps=190", *extra]
 
 
-def _metrics(trial_root):
-    """{step: every metric logged at that step} (rows of one step merged)."""
+def _metrics(trial_root, skip: int = 0):
+    """{step: every metric logged at that step} (rows of one step merged), after the first `skip` rows."""
     out = {}
     with open(os.path.join(trial_root, "metrics.jsonl")) as f:
-        for row in map(json.loads, f):
+        for row in map(json.loads, f.readlines()[skip:]):
             out.setdefault(row["step"], {}).update(row)
     return out
 
@@ -148,10 +148,7 @@ def test_reconstruct_a_known_scene_and_resume(tmp_path):
         rows_before = len(f.readlines())
     assert full.restore(os.path.join(trial, "ckpts", "step000190.ckpt")) == 190
     full.fit()
-    with open(os.path.join(trial, "metrics.jsonl")) as f:
-        r = {}
-        for row in map(json.loads, f.readlines()[rows_before:]):
-            r.setdefault(row["step"], {}).update(row)
+    r = _metrics(trial, skip=rows_before)
     print(f"step 200 loss: uninterrupted {m[200]['loss']!r}, resumed {r[200]['loss']!r}")
     assert sorted(r) == [200] and r[200]["loss"] == m[200]["loss"]
     a_res, meta_res = full.state()
