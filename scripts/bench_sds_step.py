@@ -6,8 +6,9 @@ The step is the text-to-3D step of configs/mvdream-sd21.yaml:
     -> bilinear resize to 256 -> VAE encode WITH gradient -> UNet with classifier-free guidance (batch doubled)
     -> x0-reconstruction SDS loss -> backward -> AdamW update of the 3D field and the background.
 MindSpore runs it through MVDreamSystem.run_step (the system's own step, compiled as one graph with
-ms.set_context(mode=GRAPH_MODE)); torch_ref through its twin, torch_ref/lift3d/systems/mvdream_system.py
-(training_step). The frozen UNet (~865M parameters) and VAE have random weights in configs/sd-v2-base.yaml's
+ms.set_context(mode=GRAPH_MODE), or as deferred backpropagation over ray chunks when system.render_chunk_rays > 0,
+as the config sets); torch_ref through its twin, torch_ref/lift3d/systems/mvdream_system.py (training_step, or
+deferred_training_step with the same chunks and compaction buckets). The frozen UNet (~865M parameters) and VAE have random weights in configs/sd-v2-base.yaml's
 shapes, built in memory (no checkpoint file, no text tower: the text embeddings are random (2B, 77, 1024)).
 Every weight is a function of its name and a seed (numpy), so both frameworks hold the same numbers and
 report the same loss for the same inputs (rays, jitter, background colour, timestep and noises, all numpy).
@@ -454,8 +455,20 @@ def torch_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
         camera = normalize_camera(x["c2w"])
         return guidance.predict_noise(state["latents"], x["t"].long().repeat(b), x["text_embeddings"], camera)
 
+    chunk_rays = int(system_cfg.get("render_chunk_rays") or 0)
+    buckets = [float(f) for f in system_cfg["renderer"].get("compaction_buckets") or []]
+    state["bucket_index"] = 0
+
     def step():
-        loss, _ = twin.training_step(renderer, guidance, optimizer, inputs, active)
+        if not chunk_rays:
+            loss, _ = twin.training_step(renderer, guidance, optimizer, inputs, active)
+            return loss
+        # the MindSpore system's deferred step, computed the same way (tests/test_deferred_step.py)
+        loss, _, metrics = twin.deferred_training_step(renderer, guidance, optimizer, inputs, active, chunk_rays,
+                                                       buckets, state["bucket_index"], system_cfg.get("grad_clip"))
+        state["bucket_index"] = metrics["bucket_index"]
+        if rec.rec.get("evaluated_fraction") is None:
+            rec.update(evaluated_fraction=metrics["evaluated_fraction"], evaluated_fraction_source="step metrics")
         return loss
 
     trained = [p for g in optimizer.param_groups for p in g["params"]]

@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from torch_ref.lift3d.losses import composite_background, regularizer_losses
+from torch_ref.lift3d.losses import (composite_background, opaque_loss, regularizer_losses, sparsity_loss,
+                                     z_variance_loss)
 
 LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance")
+DEFERRED_MAPS = ("comp_rgb_fg", "comp_rgb_bg", "opacity", "z_variance")  # the maps the image pass differentiates
+BUCKET_HEADROOM = 1.3  # the next step's compaction bucket holds this much more than the fullest chunk
 STEP_INPUTS = ("rays_o", "rays_d", "light_positions", "c2w", "jitter", "bg_color", "bg_mask", "ambient_color",
                "diffuse_color", "text_embeddings", "t", "noise", "vae_noise", "loss_weights")
 
@@ -67,3 +70,100 @@ def training_step(renderer, guidance, optimizer, inputs: dict, active, grad_clip
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return float(loss.detach()), [float(t.detach()) for t in terms]
+
+
+def _chunk_renders(renderer, chunks, x, shading, bucket, valid, orient_active):
+    """Each chunk's render_ray_chunk output (with gradient when enabled) and its orient sum over valid rays (0
+    when the orient loss is off)."""
+    for (o, d, lp, jit), ok in zip(chunks, valid):
+        out = renderer.render_ray_chunk(o, d, lp, jit, None, shading, x["ambient_color"], x["diffuse_color"], bucket)
+        orient = torch.zeros((), device=o.device)
+        if orient_active:
+            w = (out["weights"].reshape(o.shape[0], -1) * ok[:, None]).reshape(-1, 1)
+            facing = (out["normal"] * out["t_dirs"]).sum(-1, keepdim=True).clamp(min=0.0)
+            orient = (w.detach() * facing ** 2).sum()
+        yield out, orient
+
+
+def deferred_training_step(renderer, guidance, optimizer, inputs: dict, active, chunk_rays: int,
+                           buckets=(), bucket_index: int = 0, grad_clip=None) -> tuple[float, list, dict]:
+    """The step of training_step computed as MVDreamSystem._deferred_step computes it (deferred backpropagation):
+    render the rays in chunks of `chunk_rays` without a graph (in the same fixed shuffled order, the last chunk
+    padded with copies of the last ray), take d loss / d maps through the guidance and the image regularisers,
+    then render each chunk again with a graph and backpropagate its share, accumulating the parameter gradients.
+    `buckets`: the renderer's compaction fractions (empty: dense); a chunk that overflows bucket `bucket_index`
+    renders every chunk again in the smallest bucket that holds it. -> (loss, terms, {"bucket_index": the next
+    step's, "occupied_fraction", "evaluated_fraction"})."""
+    optimizer.zero_grad(set_to_none=True)
+    device = renderer.estimator.occs.device
+    x = to_torch(inputs, device)
+    shading = inputs["shading"]
+    b, h, w, _ = x["rays_o"].shape
+    n = b * h * w
+    pad = (-n) % chunk_rays
+    order = torch.as_tensor(np.random.default_rng(0).permutation(n + pad), device=device)
+
+    def per_ray(t, fill=None):
+        t = t.reshape(n, -1)
+        tail = t[-1:].expand(pad, -1) if fill is None else torch.full((pad, t.shape[1]), fill, device=device)
+        return torch.cat([t, tail], 0)[order]
+
+    light = x["light_positions"][:, None, :].expand(b, h * w, 3)
+    rays = [per_ray(t) for t in (x["rays_o"], x["rays_d"], light, x["jitter"])]
+    valid = per_ray(torch.ones(n, device=device), fill=0.0).reshape(-1)
+    starts = range(0, n + pad, chunk_rays)
+    chunks = [[r[s:s + chunk_rays] for r in rays] for s in starts]
+    valid = [valid[s:s + chunk_rays] for s in starts]
+
+    def bucket(i):
+        return renderer.bucket_sizes(chunk_rays, float(buckets[i])) if buckets else (0, 0)
+
+    def smallest(occupied, headroom=1.0):
+        for i in range(len(buckets)):
+            if np.all(np.ceil(occupied * headroom) <= np.asarray(bucket(i))):
+                return i
+        return len(buckets) - 1
+
+    index = bucket_index
+    with torch.no_grad():
+        while True:
+            renders = list(_chunk_renders(renderer, chunks, x, shading, bucket(index), valid, active["orient"]))
+            occupied = np.stack([out["occupied"].cpu().numpy() for out, _ in renders])
+            needed = smallest(occupied.max(0)) if buckets else index
+            if needed <= index:
+                break
+            index = needed
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n + pad, device=device)
+    maps = {k: torch.cat([out[k] for out, _ in renders], 0)[inverse][:n].reshape(b, h, w, -1).requires_grad_()
+            for k in DEFERRED_MAPS}
+    orient_total = sum(orient for _, orient in renders)
+    del renders
+
+    rgb = composite_background(maps, x["bg_color"], x["bg_mask"])
+    loss_sds, _ = guidance(rgb, x["c2w"], x["text_embeddings"], x["t"], x["noise"], x["vae_noise"])
+    count = (maps["opacity"] > 0).sum().clamp(min=1).detach()
+    zero = torch.zeros((), device=device)
+    terms = [loss_sds, orient_total / count if active["orient"] else zero,
+             sparsity_loss(maps["opacity"]) if active["sparsity"] else zero,
+             opaque_loss(maps["opacity"]) if active["opaque"] else zero,
+             z_variance_loss(maps["z_variance"], maps["opacity"]) if active["z_variance"] else zero]
+    loss = sum(term * x["loss_weights"][i] for i, term in enumerate(terms))
+    loss.backward()
+    d_maps = {k: per_ray(maps[k].grad, fill=0.0) for k in DEFERRED_MAPS if maps[k].grad is not None}
+    orient_scale = x["loss_weights"][1] / count if active["orient"] else zero
+
+    for c, (out, orient) in enumerate(_chunk_renders(renderer, chunks, x, shading, bucket(index), valid,
+                                                              active["orient"])):
+        s = c * chunk_rays
+        objective = sum((out[k] * d[s:s + chunk_rays]).sum() for k, d in d_maps.items())
+        (objective + orient_scale * orient).backward()
+    if grad_clip is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    samples = len(chunks) * chunk_rays * x["jitter"].shape[-1]
+    evaluated = bucket(index)[0] * len(chunks) if buckets else samples
+    metrics = {"bucket_index": smallest(occupied.max(0), BUCKET_HEADROOM) if buckets else index,
+               "occupied_fraction": float(occupied[:, 0].sum()) / samples, "evaluated_fraction": evaluated / samples}
+    return float(loss.detach()), [float(t.detach()) for t in terms], metrics
