@@ -37,7 +37,7 @@ def check_outputs(pt_out, ms_out, expect_normal):
     for key in IMAGE_KEYS + SAMPLE_KEYS:
         if key not in pt_out:
             continue
-        if key in ("normal",):
+        if key == "normal":
             assert_parity(to_numpy(ms_out[key])[same_t], to_numpy(pt_out[key])[same_t], f"{key} (same positions)")
         else:
             assert_parity(ms_out[key], pt_out[key], key)
