@@ -118,6 +118,8 @@ def worker(args):
             return float(loss), float(sum(x.abs().sum() for x in grads))
     else:
         import mindspore as ms
+        from mindspore_impl.core.device import dispatch_for
+        dispatch_for("CPU")  # before the first operator
         ms.set_device("CPU")
         ms.set_context(mode=ms.GRAPH_MODE if args.graph else ms.PYNATIVE_MODE)
         r = build_ms(args, args.samples, args.importance)
@@ -152,6 +154,8 @@ def worker(args):
 def quality(args):
     """MindSpore, forward only, deterministic samples: error of each sampler vs a 512-sample uniform reference."""
     import mindspore as ms
+    from mindspore_impl.core.device import dispatch_for
+    dispatch_for("CPU")  # before the first operator
     ms.set_device("CPU")
     rays = make_rays(2, args.quality_res)
     o, d, light = (ms.Tensor(x) for x in rays)

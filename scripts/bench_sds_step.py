@@ -280,6 +280,8 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
     from mindspore_impl.lift3d.guidance.multiview_diffusion_guidance import camera_condition
     from mindspore_impl.lift3d.losses import composite_background
     from mindspore_impl.lift3d.systems.mvdream_system import MVDreamSystem
+    from mindspore_impl.core.device import dispatch_for
+    dispatch_for("CPU")  # before the first operator
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
 

@@ -106,7 +106,9 @@ def configure_devices(ms_device: str = "CPU", torch_device: str = "cpu") -> tupl
     """
     import mindspore as ms
     import torch
+    from mindspore_impl.core.device import dispatch_for
     ms_device, torch_device = check_ms_device(ms_device), check_torch_device(torch_device)
+    dispatch_for(ms_device)  # before the session's first operator (the CPU's single-thread dispatch)
     ms.set_device(ms_device)
     if ms_device == "Ascend":
         from mindspore.device_context.ascend import op_precision

@@ -1,5 +1,6 @@
 """Device and execution-mode setup, in one place."""
 import logging
+import os
 
 import mindspore as ms
 
@@ -49,12 +50,29 @@ def check_device(device: str) -> str:
     return device
 
 
+HOST_BLOCKING_VAR = "MS_DEV_HOST_BLOCKING_RUN"
+
+
+def dispatch_for(device: str) -> None:
+    """On a CPU target, dispatch operators from the calling thread (MS_DEV_HOST_BLOCKING_RUN=1) unless the
+    user set that variable. MindSpore's default hands each PyNative operator (and each compiled graph's launch)
+    to dispatch threads that spin (sched_yield) on the cores the CPU kernels need; on Ascend they overlap host
+    work with the device and stay. MindSpore reads the variable once, at the first operator of the process, so
+    call this before any operator runs (setup() does). The results are bit-identical; the times are in the
+    README ("Quick start"). The variable: "whether dynamic graph operators are dispatched in a single thread"
+    (MindSpeed-LLM's docs, "Environment variables", for MindSpore)."""
+    if device == "CPU":
+        os.environ.setdefault(HOST_BLOCKING_VAR, "1")
+
+
 def setup(device: str = "CPU", mode: str = "pynative", seed: int | None = None) -> None:
-    """Select the device target and execution mode; seed MindSpore's global RNG."""
+    """Select the device target and execution mode (and the CPU's dispatch, dispatch_for); seed MindSpore's
+    global RNG."""
     check_device(device)
     mode_key = mode.lower()
     if mode_key not in _MODES:
         raise ValueError(f"mode must be 'pynative' or 'graph', got {mode!r}")
+    dispatch_for(device)
     ms.set_device(device)
     ms.set_context(mode=_MODES[mode_key])
     if seed is not None:
