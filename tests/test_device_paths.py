@@ -7,6 +7,8 @@
   system.amp_level / amp_dtype / guidance.half_precision_weights, the model YAML's use_bf16, t2i --fp16 and
   MVDreamPipeline's dtype give one line before any model is built.
 - `launch.py --device Ascend` on a machine without Ascend: one line naming what MindSpore found, exit 2.
+- CPU dispatch (core/device.py dispatch_for): on CPU, operators are dispatched from the calling thread, so
+  MindSpore starts none of its dispatch-queue threads; a user's own MS_DEV_HOST_BLOCKING_RUN is kept.
 """
 import os
 import subprocess
@@ -22,6 +24,7 @@ from mindspore_impl.mvdream import attention, loading
 from neutral.lift3d.multiview_diffusion_guidance import GuidanceError, unet_precision
 from neutral.mvdream.model_config import load_model_config
 from neutral.mvdream.unet import attention_heads
+from tests import parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = os.path.join(ROOT, "configs", "tiny-mvdream.yaml")
@@ -362,3 +365,46 @@ def test_launch_device_ascend_without_ascend(tmp_path):
     assert line.startswith("error: --device Ascend: this MindSpore"), line
     assert f"has no Ascend backend (found: {found})" in line and "--device CPU" in line, line
     assert not out.exists()
+
+
+QUEUE_THREADS = ("frontend_queue", "backend_queue")  # MindSpore 2.7's operator dispatch threads (thread names)
+
+
+def thread_names() -> list:
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+
+
+def test_dispatch_for_sets_the_variable_on_cpu_only(monkeypatch):
+    monkeypatch.delenv(device.HOST_BLOCKING_VAR, raising=False)
+    device.dispatch_for("Ascend")
+    assert device.HOST_BLOCKING_VAR not in os.environ
+    device.dispatch_for("CPU")
+    assert os.environ[device.HOST_BLOCKING_VAR] == "1"
+    monkeypatch.setenv(device.HOST_BLOCKING_VAR, "0")
+    device.dispatch_for("CPU")
+    assert os.environ[device.HOST_BLOCKING_VAR] == "0"  # the user's choice
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names are read from /proc (Linux)")
+def test_cpu_runs_without_dispatch_threads():
+    """This session (tests/parity.configure_devices) and a fresh process through device.setup (launch.py and the
+    scripts) run operators with no dispatch-queue thread; MS_DEV_HOST_BLOCKING_RUN=0 from the user brings them
+    back (the control: the check sees the threads when they exist)."""
+    if parity.ms_device() != "CPU":
+        pytest.skip("the CPU's dispatch")
+    x = ms.Tensor(np.ones((4, 4), np.float32))
+    assert float((x * 2).sum().asnumpy()) == 32.0
+    assert not set(QUEUE_THREADS) & set(thread_names()), thread_names()
+    code = ("import os, sys, numpy as np, mindspore as ms; sys.path.insert(0, sys.argv[1]); "
+            "from mindspore_impl.core import device; device.setup('CPU'); "
+            "x = ms.Tensor(np.ones((4, 4), np.float32)); (x * 2).sum().asnumpy(); "
+            "print(sorted(open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')))")
+    env = {k: v for k, v in os.environ.items() if k != device.HOST_BLOCKING_VAR}
+    for user_value, expect_queues in ((None, False), ("0", True)):
+        run_env = env if user_value is None else {**env, device.HOST_BLOCKING_VAR: user_value}
+        proc = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, env=run_env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        names = proc.stdout.strip().splitlines()[-1]
+        print(f"{device.HOST_BLOCKING_VAR}={user_value}: threads {names}")
+        assert all((q in names) == expect_queues for q in QUEUE_THREADS), names
