@@ -391,7 +391,7 @@ def test_cpu_runs_without_dispatch_threads():
     scripts) run operators with no dispatch-queue thread; MS_DEV_HOST_BLOCKING_RUN=0 from the user brings them
     back (the control: the check sees the threads when they exist)."""
     if parity.ms_device() != "CPU":
-        pytest.skip("the CPU's dispatch")
+        pytest.skip(f"checks the CPU's dispatch; this run uses --ms-device {parity.ms_device()}")
     x = ms.Tensor(np.ones((4, 4), np.float32))
     assert float((x * 2).sum().asnumpy()) == 32.0
     assert not set(QUEUE_THREADS) & set(thread_names()), thread_names()

@@ -59,7 +59,7 @@ def dispatch_for(device: str) -> None:
     to dispatch threads that spin (sched_yield) on the cores the CPU kernels need; on Ascend they overlap host
     work with the device and stay. MindSpore reads the variable once, at the first operator of the process, so
     call this before any operator runs (setup() does). The results are bit-identical; the times are in the
-    README ("Quick start"). The variable: "whether dynamic graph operators are dispatched in a single thread"
+    README ("Ascend", "CPU dispatch"). The variable: "whether dynamic graph operators are dispatched in a single thread"
     (MindSpeed-LLM's docs, "Environment variables", for MindSpore)."""
     if device == "CPU":
         os.environ.setdefault(HOST_BLOCKING_VAR, "1")
