@@ -26,6 +26,10 @@ Measured, per framework (warm-up = first call, which includes GRAPH compilation,
   optimizer   the AdamW update alone (zero gradients)
   backward    derived: step - (render + vae + unet + optimizer), i.e. the backward pass plus the small
               SDS/composite math
+  steps       one row per step: its time, evaluated fraction, whether a chunk overflowed its compaction bucket
+              (every chunk rendered twice), and with deferred backpropagation its sections (render: the chunks
+              without a graph; image: VAE, UNet and the VAE's vector-Jacobian product; backward: the chunks with
+              a graph, gradients accumulated; update: the optimizer)
 The phases are measured (warm-up + --phase-repeat calls each) BEFORE the full step, so a full step that does
 not fit still leaves the forward timings. `evaluated_fraction` is the renderer's output key of that name when
 it has one (fraction of samples the renderer evaluated), else 1.0 (today's dense renderer). `loss` is the loss
@@ -266,6 +270,17 @@ def run_measurements(rec: Recorder, args, phases: dict, step, optimizer_step):
     rec.update(completed=True, in_progress=None)
 
 
+def record_step(rec: Recorder, seconds: float, metrics: dict, sections: dict) -> None:
+    """Append one step's time, evaluated fraction and section times (deferred step: render, image, backward,
+    update) to rec["steps"]; the first step's evaluated fraction is the record's."""
+    row = {"s": seconds, "evaluated_fraction": metrics.get("evaluated_fraction"),
+           "rerendered": metrics.get("rerendered"), "sections": dict(sections)}
+    if "evaluated_fraction" in metrics and rec.rec.get("evaluated_fraction") is None:
+        rec.rec.update(evaluated_fraction=float(metrics["evaluated_fraction"]),
+                       evaluated_fraction_source="step metrics")
+    rec.update(steps=rec.rec.get("steps", []) + [row])
+
+
 def med_backward(r: dict) -> float:
     return r["s_per_step"] - sum(r[f"{p}_s"] for p in PHASES)
 
@@ -368,10 +383,9 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
         return unet_fn(state["latents"], x["t"], x["text_embeddings"], x["c2w"]).asnumpy()
 
     def step():
+        t0 = time.perf_counter()
         metrics = system.run_step(inputs)
-        if "evaluated_fraction" in metrics and rec.rec.get("evaluated_fraction") is None:
-            rec.update(evaluated_fraction=float(metrics["evaluated_fraction"]),
-                       evaluated_fraction_source="step metrics")
+        record_step(rec, time.perf_counter() - t0, metrics, system.step_seconds if system.cfg.render_chunk_rays else {})
         return metrics["loss"]
 
     def optimizer_step():
@@ -466,11 +480,12 @@ def torch_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
             loss, _ = twin.training_step(renderer, guidance, optimizer, inputs, active)
             return loss
         # the MindSpore system's deferred step, computed the same way (tests/test_deferred_step.py)
+        t0, seconds = time.perf_counter(), {}
         loss, _, metrics = twin.deferred_training_step(renderer, guidance, optimizer, inputs, active, chunk_rays,
-                                                       buckets, state["bucket_index"], system_cfg.get("grad_clip"))
+                                                       buckets, state["bucket_index"], system_cfg.get("grad_clip"),
+                                                       seconds)
         state["bucket_index"] = metrics["bucket_index"]
-        if rec.rec.get("evaluated_fraction") is None:
-            rec.update(evaluated_fraction=metrics["evaluated_fraction"], evaluated_fraction_source="step metrics")
+        record_step(rec, time.perf_counter() - t0, metrics, seconds)
         return loss
 
     trained = [p for g in optimizer.param_groups for p in g["params"]]
@@ -626,6 +641,12 @@ def print_report(records: list[dict], args) -> None:
                               if r.get(k) is not None))
             if r.get("error"):
                 print(f"    error: {r['error'].splitlines()[-1][:300] if r['error'] else ''}")
+    for r in records:
+        for i, row in enumerate(r.get("steps") or []):
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in row["sections"].items())
+            print(f"  {r['framework']} step {i}: {row['s']:.1f} s, evaluated {fmt(row['evaluated_fraction'], '.3f')}"
+                  + (" (rendered twice: a chunk overflowed its bucket)" if row.get("rerendered") else "")
+                  + (f"; {parts}" if parts else ""))
     for r in records:
         print(f"  {r['framework']}: build {fmt(r.get('build_s'))} s, RSS after build {fmt(r.get('rss_after_build_gb'))} GB,"
               f" first calls (compile): render {fmt(r.get('render_first_s'))} s, vae {fmt(r.get('vae_first_s'))} s,"

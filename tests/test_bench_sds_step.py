@@ -1,5 +1,6 @@
 """scripts/bench_sds_step.py at a tiny size: both frameworks complete one SDS training step (MindSpore in GRAPH
-mode), the JSON records carry the keys the report needs, and both report the same loss for the same inputs."""
+mode), the JSON records carry the keys the report needs (with each step's time and its deferred sections), and
+both report the same loss for the same inputs."""
 import json
 import math
 import os
@@ -29,6 +30,13 @@ def test_tiny_benchmark_records_and_loss_parity(tmp_path):
             assert math.isfinite(r[key]) and r[key] > 0, f"{r['framework']} {key} = {r[key]}"
         assert r["evaluated_fraction"] is not None and 0.0 < r["evaluated_fraction"] <= 1.0
         assert math.isfinite(r["loss"]) and r["loss"] > 0
+        # one row per step (warm-up + repeat), with the deferred step's sections summing to within its time
+        assert len(r["steps"]) == 2, r["steps"]
+        for row in r["steps"]:
+            assert set(row["sections"]) == {"render", "image", "backward", "update"}, row
+            assert all(v >= 0 for v in row["sections"].values())
+            assert sum(row["sections"].values()) <= row["s"] + 1e-6, row
+        assert r["steps"][1]["rerendered"] == 0.0  # the warm-up step picked a bucket that holds the second
     assert records[1]["mindspore_imported"] is False  # the torch child's memory is torch's alone
     ms_loss, pt_loss = records[0]["loss"], records[1]["loss"]
     rel = abs(ms_loss - pt_loss) / abs(pt_loss)

@@ -20,6 +20,7 @@ Twin (one training step with the torch_ref modules): torch_ref/lift3d/systems/mv
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -127,6 +128,7 @@ class MVDreamSystem(BaseLift3DSystem):
         # before the first step; an overflow renders again with a bucket that holds the samples)
         self._bucket_index = 0
         self._overflow_reported, self._rerendered = False, 0.0
+        self.step_seconds: dict[str, float] = {}  # the last deferred step's sections (host time; for benchmarks)
 
     def _linked_prompt_config(self) -> dict:
         """The prompt processor reads the text encoder from the guidance's checkpoint unless told otherwise."""
@@ -508,22 +510,29 @@ class MVDreamSystem(BaseLift3DSystem):
 
     def _deferred_step(self, inputs: dict) -> tuple[np.ndarray, dict]:
         """Forward + backward + update in fixed chunks of render_chunk_rays rays -> (forward()'s aux, render
-        metrics: fraction of samples occupied and fraction evaluated)."""
+        metrics: fraction of samples occupied and fraction evaluated). Leaves the host seconds of its sections
+        (render, image, backward, update) in `step_seconds`."""
         fns = self._deferred_fns()
         b, h, w, _ = inputs["rays_o"].shape
         chunk = int(self.cfg.render_chunk_rays)
+        t0 = time.perf_counter()
         chunks, per_ray, ray_order = self._ray_chunks(inputs)
         self._rerendered = 0.0
         maps, orient_total, occupied, index = self._render_chunks(inputs["shading"], chunks)
         maps = ray_order(np.concatenate(maps, 0)).reshape(b, h, w, -1)
+        t1 = time.perf_counter()
         aux, d_maps = self._image_pass(inputs, maps, orient_total)
         d_maps = per_ray(d_maps, fill=0.0)
+        t2 = time.perf_counter()
         orient_scale = ms.Tensor(np.float32(aux[-1] * float(self.cfg.loss_scale)))
         grads = ms.mutable(tuple(ops.zeros_like(p) for p in self.optimizer.parameters))  # an input, not a constant
         accumulate = self._chunk_fns(inputs["shading"], self._bucket(index))["accumulate"]
         for args, s in chunks:
             grads = ms.mutable(accumulate(grads, *args, ms.Tensor(d_maps[s:s + chunk]), orient_scale))
+        t3 = time.perf_counter()
         fns["update"](grads, ms.Tensor(np.float32(aux[0])))
+        self.step_seconds = {"render": t1 - t0, "image": t2 - t1, "backward": t3 - t2,
+                             "update": time.perf_counter() - t3}
         samples = len(chunks) * chunk * self.renderer.jitter_samples
         evaluated = self._bucket(index)[0] * len(chunks) if self.renderer.cfg.compaction_buckets else samples
         return aux[:-1], {"occupied_fraction": float(occupied[:, 0].sum()) / samples,

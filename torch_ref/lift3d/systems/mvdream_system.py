@@ -10,7 +10,8 @@ The losses are in torch_ref/lift3d/losses.py (with their two deliberate differen
 """
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -86,14 +87,17 @@ def _chunk_renders(renderer, chunks, x, shading, bucket, valid, orient_active):
 
 
 def deferred_training_step(renderer, guidance, optimizer, inputs: dict, active, chunk_rays: int,
-                           buckets=(), bucket_index: int = 0, grad_clip=None) -> tuple[float, list, dict]:
+                           buckets=(), bucket_index: int = 0, grad_clip=None,
+                           seconds: Optional[dict] = None) -> tuple[float, list, dict]:
     """The step of training_step computed as MVDreamSystem._deferred_step computes it (deferred backpropagation):
     render the rays in chunks of `chunk_rays` without a graph (in the same fixed shuffled order, the last chunk
     padded with copies of the last ray), take d loss / d maps through the guidance and the image regularisers,
     then render each chunk again with a graph and backpropagate its share, accumulating the parameter gradients.
     `buckets`: the renderer's compaction fractions (empty: dense); a chunk that overflows bucket `bucket_index`
     renders every chunk again in the smallest bucket that holds it. -> (loss, terms, {"bucket_index": the next
-    step's, "occupied_fraction", "evaluated_fraction"})."""
+    step's, "occupied_fraction", "evaluated_fraction", "rerendered"}). `seconds`, when given, receives the host
+    seconds of the sections (render, image, backward, update), as MVDreamSystem.step_seconds."""
+    t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     device = renderer.estimator.occs.device
     x = to_torch(inputs, device)
@@ -124,7 +128,7 @@ def deferred_training_step(renderer, guidance, optimizer, inputs: dict, active, 
                 return i
         return len(buckets) - 1
 
-    index = bucket_index
+    index, rerendered = bucket_index, 0.0
     with torch.no_grad():
         while True:
             renders = list(_chunk_renders(renderer, chunks, x, shading, bucket(index), valid, active["orient"]))
@@ -132,13 +136,14 @@ def deferred_training_step(renderer, guidance, optimizer, inputs: dict, active, 
             needed = smallest(occupied.max(0)) if buckets else index
             if needed <= index:
                 break
-            index = needed
+            index, rerendered = needed, 1.0
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n + pad, device=device)
     maps = {k: torch.cat([out[k] for out, _ in renders], 0)[inverse][:n].reshape(b, h, w, -1).requires_grad_()
             for k in DEFERRED_MAPS}
     orient_total = sum(orient for _, orient in renders)
     del renders
+    t1 = time.perf_counter()
 
     rgb = composite_background(maps, x["bg_color"], x["bg_mask"])
     loss_sds, _ = guidance(rgb, x["c2w"], x["text_embeddings"], x["t"], x["noise"], x["vae_noise"])
@@ -152,18 +157,23 @@ def deferred_training_step(renderer, guidance, optimizer, inputs: dict, active, 
     loss.backward()
     d_maps = {k: per_ray(maps[k].grad, fill=0.0) for k in DEFERRED_MAPS if maps[k].grad is not None}
     orient_scale = x["loss_weights"][1] / count if active["orient"] else zero
+    t2 = time.perf_counter()
 
     for c, (out, orient) in enumerate(_chunk_renders(renderer, chunks, x, shading, bucket(index), valid,
                                                               active["orient"])):
         s = c * chunk_rays
         objective = sum((out[k] * d[s:s + chunk_rays]).sum() for k, d in d_maps.items())
         (objective + orient_scale * orient).backward()
+    t3 = time.perf_counter()
     if grad_clip is not None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
+    if seconds is not None:
+        seconds.update(render=t1 - t0, image=t2 - t1, backward=t3 - t2, update=time.perf_counter() - t3)
     samples = len(chunks) * chunk_rays * x["jitter"].shape[-1]
     evaluated = bucket(index)[0] * len(chunks) if buckets else samples
     metrics = {"bucket_index": smallest(occupied.max(0), BUCKET_HEADROOM) if buckets else index,
-               "occupied_fraction": float(occupied[:, 0].sum()) / samples, "evaluated_fraction": evaluated / samples}
+               "occupied_fraction": float(occupied[:, 0].sum()) / samples, "evaluated_fraction": evaluated / samples,
+               "rerendered": rerendered}
     return float(loss.detach()), [float(t.detach()) for t in terms], metrics
