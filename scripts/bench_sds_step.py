@@ -385,7 +385,8 @@ def ms_worker(args, rec: Recorder, data_cfg: dict, system_cfg: dict):
     def step():
         t0 = time.perf_counter()
         metrics = system.run_step(inputs)
-        record_step(rec, time.perf_counter() - t0, metrics, system.step_seconds if system.cfg.render_chunk_rays else {})
+        sections = system.step_seconds if system.cfg.render_chunk_rays else {}
+        record_step(rec, time.perf_counter() - t0, metrics, sections)
         return metrics["loss"]
 
     def optimizer_step():
