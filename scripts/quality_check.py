@@ -40,6 +40,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+os.environ.setdefault("GLOG_v", "3")  # as launch.py: MindSpore's own log stays quiet; set before it is imported
 
 from neutral.errors import UserError, run_cli  # noqa: E402
 from mindspore_impl.mvdream.data import primitives as P  # noqa: E402
